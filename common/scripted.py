@@ -1,0 +1,136 @@
+"""Building blocks of the scripted source-demonstration policies (one per task, in common/tasks/).
+
+A scripted demo is a list of waypoint moves with privileged object poses, executed as closed-loop
+OSC delta-pose actions, exactly the action space the learned policies use. Each move is labelled
+with its stage and phase (connect = free-space approach to the skill's initiation pose, skill =
+the contact-rich part that data generation later replays relative to the reference object).
+Demos vary a little between seeds (approach offsets, speeds, grasp points), as different human
+demonstrations would.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import pose as P
+from .data import PHASE_CONNECT, PHASE_SKILL, EpisodeRecorder
+
+POS_SCALE, ROT_SCALE = 0.05, 0.5  # OSC_POSE output_max: metres / radians per unit action
+GRIPPER_OPEN, GRIPPER_CLOSED = -1.0, 1.0
+
+
+def pose_action(eef_T, target_T, gripper: float, max_pos: float = 1.0, max_rot: float = 1.0,
+                gain: float = 1.0) -> np.ndarray:
+    """Normalized OSC delta action moving the end-effector from eef_T toward target_T.
+
+    robosuite's OSC sets goal_pos = pos + Δp and goal_R = R(Δaa) · R (rotation delta applied in the
+    base frame, which is aligned with the world frame here), so the world-frame errors are the
+    deltas, scaled by the controller's output_max.
+    """
+    dp = (target_T[:3, 3] - eef_T[:3, 3]) * gain / POS_SCALE
+    n = np.linalg.norm(dp)
+    if n > max_pos:
+        dp *= max_pos / n
+    daa = P.mat_to_axisangle(target_T[:3, :3] @ eef_T[:3, :3].T) * gain / ROT_SCALE
+    n = np.linalg.norm(daa)
+    if n > max_rot:
+        daa *= max_rot / n
+    return np.concatenate([dp, daa, [gripper]])
+
+
+def top_down(yaw: float) -> np.ndarray:
+    """Rotation of a gripper pointing straight down (z_eef = -z_world), fingers closing along the
+    direction `yaw` in the table plane (the eef y-axis is the finger-closing axis of the Panda)."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    y_axis = np.array([c, s, 0.0])
+    z_axis = np.array([0.0, 0.0, -1.0])
+    x_axis = np.cross(y_axis, z_axis)
+    return np.stack([x_axis, y_axis, z_axis], axis=1)
+
+
+def wrap_yaw_near(yaw: float, ref: float, period: float = np.pi) -> float:
+    """The member of yaw + k·period closest to ref (symmetric grasps need not rotate far)."""
+    return yaw + period * np.round((ref - yaw) / period)
+
+
+class Demonstrator:
+    """Runs waypoint moves in a KitEnv and records them; `failed` is set when a move times out."""
+
+    def __init__(self, env, rng: np.random.Generator, record: bool = True, action_noise: float = 0.0):
+        self.env, self.rng = env, rng
+        self.rec = EpisodeRecorder(env, len(env.stages)) if record else None
+        self.obs = None
+        self.stage, self.phase = 0, PHASE_CONNECT
+        self.gripper = GRIPPER_OPEN
+        self.action_noise = action_noise
+        self.steps = 0
+        self.failed = None  # reason string once a move fails
+
+    def start(self, seed: int):
+        self.obs = self.env.reset(seed=seed)
+        return self
+
+    def label(self, stage: int, phase: int):
+        self.stage, self.phase = stage, phase
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64)
+        if self.action_noise > 0:  # noise on the pose part only, as in MimicGen
+            action[:6] = action[:6] + self.rng.normal(0, self.action_noise, 6)
+        action = np.clip(action, -1, 1)
+        if self.rec is not None:
+            self.rec.record(self.obs, action, self.stage, self.phase)
+        self.obs, _, _, info = self.env.step(action)
+        self.steps += 1
+        return info
+
+    def move(self, target_T, gripper=None, max_steps=80, pos_tol=0.004, rot_tol=0.05, speed=1.0,
+             rot_speed=1.0, until=None) -> bool:
+        """Servo to target_T (4x4); stop when within tolerance or `until()` holds."""
+        if self.failed:
+            return False
+        if gripper is not None:
+            self.gripper = gripper
+        for _ in range(max_steps):
+            eef = self.env.eef_pose()
+            if until is not None and until():
+                return True
+            if (np.linalg.norm(eef[:3, 3] - target_T[:3, 3]) < pos_tol
+                    and P.rotation_angle(eef[:3, :3], target_T[:3, :3]) < rot_tol):
+                return True
+            self.step(pose_action(eef, target_T, self.gripper, max_pos=speed, max_rot=rot_speed))
+        if until is not None and until():
+            return True
+        self.failed = f"stage {self.stage}: move timed out"
+        return False
+
+    def track(self, target_fn, gripper=None, max_steps=80, speed=1.0, until=None) -> bool:
+        """Servo to a target recomputed every step (closed loop on object poses)."""
+        if self.failed:
+            return False
+        if gripper is not None:
+            self.gripper = gripper
+        for _ in range(max_steps):
+            if until is not None and until():
+                return True
+            target = target_fn()
+            eef = self.env.eef_pose()
+            if until is None and np.linalg.norm(eef[:3, 3] - target[:3, 3]) < 0.003:
+                return True
+            self.step(pose_action(eef, target, self.gripper, max_pos=speed))
+        if until is not None and until():
+            return True
+        self.failed = f"stage {self.stage}: tracking timed out"
+        return False
+
+    def actuate(self, gripper: float, steps: int = 8):
+        """Open/close the gripper while holding the current pose target."""
+        if self.failed:
+            return False
+        self.gripper = gripper
+        hold = self.env.eef_pose()
+        for _ in range(steps):
+            self.step(pose_action(self.env.eef_pose(), hold, gripper))
+        return True
+
+    def hold(self, steps: int):
+        return self.actuate(self.gripper, steps)
