@@ -116,8 +116,9 @@ class DemoWriter:
         self.f = h5py.File(path, "a")
         data = self.f.require_group("data")
         if "task" in data.attrs and data.attrs["task"] != task:
+            other = data.attrs["task"]
             self.f.close()
-            raise DataError(f"{path} holds demos of task {data.attrs['task']!r}, not {task!r}; "
+            raise DataError(f"{path} holds demos of task {other!r}, not {task!r}; "
                             f"use another --out path or delete the file")
         for k in list(data.keys()):  # drop a demo whose write was interrupted
             if k.startswith(_PARTIAL):

@@ -157,6 +157,8 @@ class KitTask(ManipulationEnv):
         if controller_configs is None:
             # OSC_POSE arm via robosuite's BASIC composite controller, delta actions (DESIGN.md).
             controller_configs = load_composite_controller_config(controller="BASIC", robot="Panda")
+            # A single Panda arm has only the "right" part; the other parts only produce warnings.
+            controller_configs["body_parts"] = {"right": controller_configs["body_parts"]["right"]}
         self.fast_render = fast_render
         self._rest_z = {}
         super().__init__(
@@ -185,6 +187,11 @@ class KitTask(ManipulationEnv):
 
     def _after_placement(self):
         pass
+
+    def placement_yaw_offset(self, name: str) -> float:
+        """Yaw of the object's body frame when the placement sampler draws yaw 0 (0 unless a task
+        builds an object rotated in its own frame)."""
+        return 0.0
 
     def _make_arena(self):
         return TableArena(table_full_size=self.table_full_size, table_friction=self.table_friction,
@@ -315,6 +322,9 @@ class KitEnv:
         self.object_names = list(raw.objects)
         self.action_dim = raw.action_dim
         self.t = 0
+        # Hide robosuite's debug sites (e.g. the green grip-site line) in camera images; robosuite
+        # only does this in reset(), and reset_to() may be called on a never-reset env.
+        raw.visualize(vis_settings={vis: False for vis in raw._visualizations})
         # Only cameras are taken from robosuite's observables; the rest is read from sim directly,
         # so disabling robosuite's other sensors saves their per-step cost.
         for name in list(raw._observables):
@@ -422,3 +432,14 @@ def make_env(task: str, obs_mode: str = "state", seed: int | None = None, camera
         fast_render=fast_render, seed=seed, horizon=horizon, **kwargs,
     )
     return KitEnv(raw, obs_mode, cameras if image else [], horizon or TASKS[task].eval_horizon)
+
+
+def render_states(image_env: KitEnv, states) -> dict[str, np.ndarray]:
+    """Camera observations for a sequence of flattened states (images rendered by replay, so only
+    kept demos pay for rendering). Returns {"<camera>_image": (T, H, W, 3) uint8}."""
+    frames: dict[str, list] = {f"{c}_image": [] for c in image_env.cameras}
+    for s in states:
+        obs = image_env.reset_to(s)
+        for k in frames:
+            frames[k].append(obs[k])
+    return {k: np.stack(v).astype(np.uint8) for k, v in frames.items()}

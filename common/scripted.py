@@ -47,6 +47,16 @@ def top_down(yaw: float) -> np.ndarray:
     return np.stack([x_axis, y_axis, z_axis], axis=1)
 
 
+# Top-down gripper yaws the Panda wrist reaches from its home pose span about [-140°, 240°]
+# (measured by bench-style sweeps); its middle is the safest yaw to aim for.
+WRIST_YAW_CENTER = np.deg2rad(50.0)
+
+
+def wrist_yaw_cost(yaw: float) -> float:
+    """Angular distance (rad) of a top-down yaw from the middle of the wrist's range."""
+    return abs((yaw - WRIST_YAW_CENTER + np.pi) % (2 * np.pi) - np.pi)
+
+
 def wrap_yaw_near(yaw: float, ref: float, period: float = np.pi) -> float:
     """The member of yaw + k·period closest to ref (symmetric grasps need not rotate far)."""
     return yaw + period * np.round((ref - yaw) / period)
@@ -103,7 +113,8 @@ class Demonstrator:
         self.failed = f"stage {self.stage}: move timed out"
         return False
 
-    def track(self, target_fn, gripper=None, max_steps=80, speed=1.0, until=None) -> bool:
+    def track(self, target_fn, gripper=None, max_steps=80, speed=1.0, until=None, pos_tol=0.003,
+              rot_tol=0.05) -> bool:
         """Servo to a target recomputed every step (closed loop on object poses)."""
         if self.failed:
             return False
@@ -114,7 +125,8 @@ class Demonstrator:
                 return True
             target = target_fn()
             eef = self.env.eef_pose()
-            if until is None and np.linalg.norm(eef[:3, 3] - target[:3, 3]) < 0.003:
+            if (until is None and np.linalg.norm(eef[:3, 3] - target[:3, 3]) < pos_tol
+                    and P.rotation_angle(eef[:3, :3], target[:3, :3]) < rot_tol):
                 return True
             self.step(pose_action(eef, target, self.gripper, max_pos=speed))
         if until is not None and until():

@@ -1,0 +1,265 @@
+"""Tests of common/planner.py: kinematics, the pybullet mirror, OMPL planning around obstacles,
+held objects, failures, and closed-loop OSC execution in MuJoCo."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import robosuite
+
+import common  # noqa: F401  (registers the kit's tasks)
+from common import pose as P
+from common.env import KitEnv, KitTask, box_geom, make_env, uniform_sampler, xml_object
+from common.planner import IK_FAILED, Planner
+from common.scripted import GRIPPER_CLOSED, GRIPPER_OPEN, Demonstrator, top_down
+
+WALL_POS = (-0.1, 0.15, 0.92)
+WALL_HALF = (0.2, 0.02, 0.12)  # spans z 0.80..1.04 on the table, between start (y 0) and goal (y 0.3)
+CUBE_XY = (0.0, -0.15)
+
+
+class TestPlannerWall(KitTask):
+    """A table with a fixed wall and one tall free block (not registered in common.env.TASKS)."""
+
+    __test__ = False  # not a pytest test class
+    eval_horizon = 1000
+
+    def _make_objects(self):
+        geom = box_geom("g", (0.015, 0.015, 0.04), rgba="0.2 0.8 0.2 1", extra='density="200"')
+        return {"block": xml_object("block", geom, horizontal_radius=0.03, bottom=-0.04, top=0.04)}
+
+    def _make_placement(self):
+        return uniform_sampler("block_sampler", self.objects["block"], (CUBE_XY[0],) * 2, (CUBE_XY[1],) * 2, 0.0,
+                               self.table_offset, rng=self.rng)
+
+    def _add_fixtures(self, arena):
+        body = ET.Element("body", name="wall", pos=" ".join(map(str, WALL_POS)))
+        ET.SubElement(body, "geom", name="wall_geom", type="box", size=" ".join(map(str, WALL_HALF)),
+                      rgba="0.8 0.2 0.2 1", group="0")
+        arena.worldbody.append(body)
+
+    def _check_success(self):
+        return False
+
+
+def _geoms_of_root(raw, root_body_id):
+    m = raw.sim.model._model
+    return [g for g in range(m.ngeom) if m.body_rootid[m.geom_bodyid[g]] == root_body_id
+            and (m.geom_contype[g] or m.geom_conaffinity[g])]
+
+
+@pytest.fixture(scope="module")
+def wall_env():
+    raw = robosuite.make("TestPlannerWall", robots="Panda")
+    env = KitEnv(raw, "state", [], 1000)
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def threading_env():
+    env = make_env("Threading_D2", seed=0)
+    env.reset(seed=3)
+    yield env
+    env.close()
+
+
+def _robot_geoms(raw):
+    m = raw.sim.model._model
+    root = m.body_rootid[m.body(raw.robots[0].robot_model.root_body).id]
+    return _geoms_of_root(raw, root)
+
+
+def _counting_step(env, geoms_a, geoms_b, counter):
+    def step(a):
+        out = env.step(a)
+        counter[0] += env.raw.contacts_between(geoms_a, geoms_b)
+        return out
+    return step
+
+
+# ----------------------------------------------------------------------------------------- tests
+def test_fk_matches_mujoco_and_ik_round_trip(threading_env):
+    env = threading_env
+    raw = env.raw
+    pl = Planner(env, seed=0)
+    rng = np.random.default_rng(0)
+    state = raw.get_flat_state()
+    try:
+        for _ in range(12):
+            q = rng.uniform(pl.q_lo, pl.q_hi)
+            raw.sim.data.qpos[pl._qidx] = q
+            raw.sim.forward()
+            T_mj = raw.eef_pose()
+            T = pl.fk(q)
+            assert np.linalg.norm(T[:3, 3] - T_mj[:3, 3]) < 1e-3
+            assert P.rotation_angle(T[:3, :3], T_mj[:3, :3]) < np.radians(0.5)
+            # IK from an unrelated seed reproduces the pose within 2 mm and 2 degrees
+            q_ik = pl.ik(T, q_seed=rng.uniform(pl.q_lo, pl.q_hi), check_collision=False)
+            assert q_ik is not None
+            T2 = pl.fk(q_ik)
+            assert np.linalg.norm(T2[:3, 3] - T[:3, 3]) <= 0.002
+            assert P.rotation_angle(T2[:3, :3], T[:3, :3]) <= np.radians(2.0)
+            assert np.all(q_ik >= pl.q_lo) and np.all(q_ik <= pl.q_hi)
+    finally:
+        raw.set_flat_state(state)
+        pl.close()
+
+
+def test_mirror_matches_mujoco_geom_poses(threading_env):
+    env = threading_env
+    raw = env.raw
+    m, d = raw.sim.model._model, raw.sim.data._data
+    pl = Planner(env)
+    pb, cid = pl.pb, pl.cid
+    try:
+        # every non-robot collision geom is mirrored at its MuJoCo pose, boxes with inflated sizes
+        mirrored = set()
+        for b, bid in pl.scene.items():
+            for li, g in enumerate(pl._geoms_of[bid]):
+                mirrored.add(g)
+                if m.geom_type[g] == 0:  # plane -> thick box below it
+                    continue
+                ls = pb.getLinkState(bid, li, computeForwardKinematics=True, physicsClientId=cid)
+                assert np.linalg.norm(np.array(ls[4]) - d.geom_xpos[g]) < 1e-5, g
+                R = P.quat_to_mat(ls[5])
+                assert P.rotation_angle(R, d.geom_xmat[g].reshape(3, 3)) < 1e-4, g
+                if m.geom_type[g] == 6:
+                    dims = pb.getCollisionShapeData(bid, li, physicsClientId=cid)[0][3]
+                    assert np.allclose(np.array(dims) / 2, m.geom_size[g] + pl.margin, atol=1e-6)
+        robot = set(_robot_geoms(raw))
+        expected = {g for g in range(m.ngeom) if (m.geom_contype[g] or m.geom_conaffinity[g]) and g not in robot}
+        assert mirrored == expected
+        names = {raw.sim.model.geom_id2name(g) for g in mirrored}
+        assert {"table_collision", "needle_handle", "tripod_leg0", "tripod_ring0"} <= names
+        # robot links agree with MuJoCo bodies (same base, same joints)
+        for li, body in enumerate(["robot0_link1", "robot0_link2", "robot0_link3", "robot0_link4",
+                                   "robot0_link5", "robot0_link6", "robot0_link7"]):
+            ls = pb.getLinkState(pl.robot, li, computeForwardKinematics=True, physicsClientId=cid)
+            assert np.linalg.norm(np.array(ls[4]) - d.xpos[m.body(body).id]) < 1e-3
+        # moving an object and re-syncing moves its mirror
+        state = raw.get_flat_state()
+        j = raw.objects["needle"].joints[0]
+        qp = raw.sim.data.get_joint_qpos(j).copy()
+        qp[:3] += [0.05, 0.02, 0.0]
+        raw.sim.data.set_joint_qpos(j, qp)
+        raw.sim.forward()
+        pl.sync(env)
+        g = m.geom("needle_handle").id
+        bid = pl.scene[m.geom_bodyid[g]]
+        ls = pb.getLinkState(bid, pl._geoms_of[bid].index(g), computeForwardKinematics=True, physicsClientId=cid)
+        assert np.linalg.norm(np.array(ls[4]) - d.geom_xpos[g]) < 1e-5
+        raw.set_flat_state(state)
+    finally:
+        pl.close()
+
+
+def test_unreachable_target_fails_cleanly(threading_env):
+    env = threading_env
+    pl = Planner(env)
+    try:
+        far = P.make_pose([0.9, 0.0, 1.0], top_down(0.0))
+        res = pl.plan(env, far)
+        assert not res.success and res.reason == IK_FAILED
+        assert not Planner(env, mode="linear").plan(env, far).success
+        ex = pl.execute(env, res, GRIPPER_OPEN)
+        assert not ex.success and ex.steps == 0
+    finally:
+        pl.close()
+
+
+def test_plan_around_wall_executes_without_contact(wall_env):
+    env = wall_env
+    env.reset(seed=0)
+    raw = env.raw
+    wall = [raw.sim.model.geom_name2id("wall_geom")]
+    goal = P.make_pose([-0.1, 0.3, 0.9], top_down(0.0))
+    pl = Planner(env, seed=0)
+    try:
+        res = pl.plan(env, goal, time_budget=2.0)
+        assert res.success, res.reason
+        # the straight joint-space line collides with the wall in pybullet, the plan does not
+        q0, q1 = res.joint_path[0], res.goal_q
+        assert any(pl.in_collision(q0 + (q1 - q0) * s) for s in np.linspace(0, 1, 41))
+        # so does the straight task-space line (linear mode), through IK of its waypoints
+        lin = pl.plan(env, goal, mode="linear")
+        qs, hit = pl._q_now, False
+        for w in lin.waypoints:
+            qs = pl.ik(w, q_seed=qs, check_collision=False, max_solutions=1)
+            if qs is not None and pl.in_collision(qs):
+                hit = True
+                break
+        assert hit
+        dense = pl._densify(res.joint_path, step=0.01)
+        assert all(pl.clearance(q) > 0.0 for q in dense)
+        assert res.info["planner"] == "rrtconnect"
+        counter = [0]
+        ex = pl.execute(env, res, GRIPPER_OPEN, step_fn=_counting_step(env, _robot_geoms(raw), wall, counter))
+        assert ex.success, ex
+        assert ex.pos_err < 0.005 and ex.rot_err < np.radians(3)
+        assert counter[0] == 0
+    finally:
+        pl.close()
+
+
+def test_carry_held_object_around_wall(wall_env):
+    env = wall_env
+    raw = env.raw
+    rng = np.random.default_rng(0)
+    d = Demonstrator(env, rng, record=False).start(seed=1)
+    block = raw.object_pose("block")
+    R = top_down(0.0)
+    d.move(P.make_pose(block[:3, 3] + [0, 0, 0.10], R), GRIPPER_OPEN, max_steps=100)
+    d.move(P.make_pose(block[:3, 3] + [0, 0, 0.025], R), speed=0.5, max_steps=60)
+    d.actuate(GRIPPER_CLOSED, steps=12)
+    d.move(P.make_pose(block[:3, 3] + [0, 0, 0.08], R), speed=0.5, max_steps=60)
+    assert not d.failed and raw.is_grasped("block")
+
+    wall = [raw.sim.model.geom_name2id("wall_geom")]
+    block_geoms = _geoms_of_root(raw, raw.obj_body_id["block"])
+    goal = P.make_pose([-0.1, 0.3, 0.95], R)
+    pl = Planner(env, seed=1)
+    try:
+        res = pl.plan(env, goal, held="block", time_budget=2.0)
+        assert res.success, res.reason
+        # the block stays attached until the next plan: the whole dense path keeps it off the scene
+        assert min(pl.clearance(q) for q in pl._densify(res.joint_path, 0.01)) > 0.0
+        c_robot, c_block = [0], [0]
+        step_a = _counting_step(env, _robot_geoms(raw), wall, c_robot)
+
+        def step(a):
+            out = step_a(a)
+            c_block[0] += raw.contacts_between(block_geoms, wall)
+            return out
+        ex = pl.execute(env, res, GRIPPER_CLOSED, step_fn=step)
+        assert ex.success, ex
+        assert c_robot[0] == 0 and c_block[0] == 0
+        assert raw.is_grasped("block")
+    finally:
+        pl.close()
+
+
+def test_replan_reuses_world(threading_env):
+    env = threading_env
+    raw = env.raw
+    env.reset(seed=5)
+    pl = Planner(env, seed=2)
+    try:
+        needle = raw.object_pose("needle")
+        t1 = P.make_pose(needle[:3, 3] + [0, 0, 0.08], top_down(0.3))
+        r1 = pl.plan(env, t1)
+        assert r1.success
+        f = pl.follow(r1, GRIPPER_OPEN)
+        for _ in range(5):
+            a = f.step(env)
+            assert a is not None and a.shape == (7,)
+            env.step(a)
+        t2 = P.make_pose(needle[:3, 3] + [0.03, 0, 0.09], top_down(0.5))
+        r2 = pl.replan(env, t2)
+        assert r2.success and r2.plan_time < 1.0
+        assert np.linalg.norm(r2.waypoints[0][:3, 3] - raw.eef_pose()[:3, 3]) < 0.005
+        ex = pl.execute(env, r2, GRIPPER_OPEN)
+        assert ex.success and ex.pos_err < 0.005
+    finally:
+        pl.close()
