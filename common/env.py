@@ -255,6 +255,13 @@ class KitTask(ManipulationEnv):
         self.sim.forward()
         self._rest_z = {n: float(self.sim.data.body_xpos[b][2]) for n, b in self.obj_body_id.items()}
 
+    def _post_action(self, action):
+        # robosuite's lite physics leaves body poses one sub-step behind qpos after a step; one
+        # forward pass makes poses, contacts, success checks and rendered images agree with the
+        # state that is recorded and replayed.
+        self.sim.forward()
+        return super()._post_action(action)
+
     def reward(self, action=None):
         return float(self._check_success())  # sparse task reward
 

@@ -49,7 +49,9 @@ START_IN_COLLISION = "start_in_collision"
 GOAL_IN_COLLISION = "goal_in_collision"
 NO_PATH = "no_path"
 TIMEOUT = "timeout"
-SIMPLIFY_POINTS, SIMPLIFY_ROUNDS = 30, 6  # shortcutting: states per interpolation, rounds
+# shortcutting: interpolate the path to this many states, try this many shortcuts per batch, stop
+# after this many batches without gain
+SIMPLIFY_POINTS, SIMPLIFY_BATCH, SIMPLIFY_IDLE = 30, 6, 3
 
 # Robot links of pybullet_data/franka_panda/panda.urdf (link index = joint index)
 _ARM_JOINTS = list(range(7))
@@ -195,6 +197,22 @@ class PandaKinematics:
         J[:3] = np.cross(z, E[:3, 3] - o).T
         J[3:] = z.T
         return E, J
+
+
+def _quat_xyzw(R) -> list:
+    """Quaternion (x, y, z, w) of a rotation matrix (fast path for the collision loop)."""
+    tr = R[0, 0] + R[1, 1] + R[2, 2]
+    if tr > 0:
+        s = 2.0 * math.sqrt(tr + 1.0)
+        return [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
+    if R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
+        return [0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s]
+    if R[1, 1] > R[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
+        return [(R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s]
+    s = 2.0 * math.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
+    return [(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s, (R[1, 0] - R[0, 1]) / s]
 
 
 def _log_rot(R) -> np.ndarray:
@@ -420,15 +438,15 @@ class Planner:
 
     def _set_q(self, q, fingers=None):
         pb = self.pb
-        pb.resetJointStatesMultiDof(self.robot, _ARM_JOINTS, [[float(x)] for x in q], physicsClientId=self.cid)
+        pb.resetJointStatesMultiDof(self.robot, _ARM_JOINTS, [[x] for x in np.asarray(q, dtype=np.float64).tolist()],
+                                    physicsClientId=self.cid)
         if fingers is not None:
             for k, j in enumerate(_FINGER_JOINTS):
                 pb.resetJointState(self.robot, j, fingers[k], physicsClientId=self.cid)
         if self._held is not None:
             hb, T_ho = self._held[0], self._held[1]
             T = self.kin.hand(q) @ T_ho
-            pb.resetBasePositionAndOrientation(hb, T[:3, 3].tolist(), P.mat_to_quat(T[:3, :3]).tolist(),
-                                               physicsClientId=self.cid)
+            pb.resetBasePositionAndOrientation(hb, T[:3, 3].tolist(), _quat_xyzw(T), physicsClientId=self.cid)
 
     # ------------------------------------------------------------------ objects: held / ignored
     def _object_bodies(self, env, name) -> list[int]:
@@ -752,17 +770,16 @@ class Planner:
         ps = og.PathSimplifier(si)
         deadline = t + self.simplify_budget
         # shortcutting: connect random pairs of states along the (interpolated) path when the
-        # straight joint-space segment between them is valid; repeated while it helps and time is left
+        # straight joint-space segment between them is valid, in small batches until the time
+        # budget is spent or a few batches in a row gain nothing
         ps.reduceVertices(p)
-        n_interp = max(int(SIMPLIFY_POINTS), p.getStateCount())
-        for _ in range(SIMPLIFY_ROUNDS):
-            if time.perf_counter() > deadline:
-                break
+        idle = 0
+        while time.perf_counter() < deadline and idle < SIMPLIFY_IDLE:
             L0 = p.length()
-            p.interpolate(n_interp)
-            ps.reduceVertices(p, 0, 0, 0.5)
-            if p.length() > 0.98 * L0:
-                break
+            if p.getStateCount() < SIMPLIFY_POINTS:
+                p.interpolate(SIMPLIFY_POINTS)
+            ps.reduceVertices(p, SIMPLIFY_BATCH, 0, 0.5)
+            idle = idle + 1 if p.length() > 0.99 * L0 else 0
         ps.collapseCloseVertices(p)
         info["simplify_time"] = time.perf_counter() - t
         path = np.array([[p.getState(k)[i] for i in range(7)] for k in range(p.getStateCount())])

@@ -230,9 +230,10 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
     # the body and of the open lid); top_down(yaw) closes along yaw + 90°.
     yaw = wrap_yaw_near(_yaw_of(M) - np.pi / 2, ref=_yaw_of(raw.eef_pose()) - np.pi / 2)
     R = top_down(yaw)
-    # The pod is round: grasp it with the hand turned as at the start (low, near the robot, a
-    # turned wrist runs into joint limits) and turn it to R on the way to the machine.
-    Rg = top_down(_yaw_of(raw.eef_pose()) - np.pi / 2 + rng.uniform(-10, 10) * DEG)
+    # The pod is round: grasp it with the hand turned ~40° from the start pose (the arm's natural
+    # turn toward the pod region; the long hand then stays clear of the machine's front, and a
+    # wrist turned further runs into joint limits low near the robot), turn to R on the way.
+    Rg = top_down(_yaw_of(raw.eef_pose()) - np.pi / 2 - rng.uniform(30, 50) * DEG)
 
     # ---- stage 0: grasp the pod and lift it
     pod = raw.pod_pos()

@@ -338,7 +338,7 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
     d.move(P.make_pose(handle + [0, 0, rng.uniform(0.07, 0.09)], Rd), speed=rng.uniform(0.7, 1.0), max_steps=200,
            pos_tol=0.005, rot_tol=0.08)
     d.label(2, PHASE_SKILL)
-    d.move(P.make_pose(handle + [0, 0, rng.uniform(-0.003, 0.0)], Rd), speed=0.5, max_steps=60)
+    d.move(P.make_pose(handle + [0, 0, rng.uniform(-0.003, 0.0)], Rd), speed=0.5, max_steps=60, pos_tol=0.008)
     d.actuate(GRIPPER_CLOSED, steps=8)
     target_slide = rng.uniform(-0.215, -0.205)
     d.move(P.make_pose(raw.eef_pose()[:3, 3] + pull * (-target_slide + 0.01), Rd), speed=0.35, max_steps=120,
