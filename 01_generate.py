@@ -1,28 +1,43 @@
-"""Phase 1: source demonstrations (and, with the planner, object-centric data generation).
+"""Phase 1: source demonstrations, then object-centric data generation (Sec. III-B).
 
-Source demos (Sec. V: 10 per task) come from the task's scripted demonstrator, which uses
-privileged object poses and varies its motions between demos, or from a user-supplied HDF5 in the
-kit's layout (validated). Output: data/<task>/source.hdf5 (DESIGN.md, "HDF5 layout"), written one
-demo at a time so an interrupted run resumes where it stopped.
+1. Source demos (Sec. V: 10 per task) come from the task's scripted demonstrator, which uses
+   privileged object poses and varies its motions between demos, or from a user-supplied HDF5 in
+   the kit's layout (validated). Output: data/<task>/source.hdf5.
+2. Generation (MimicGen / SkillMimicGen style): for each attempt, reset the task (D2, seeded);
+   for each stage i, pick a source demo, transform its skill segment's end-effector poses into the
+   current frame of the stage's reference object R_i (T_W^A' = T_W^R' (T_W^R)^-1 T_W^A), plan and
+   execute the connect segment to the first transformed pose (the initiation pose) with the motion
+   planner, replay the transformed skill segment as OSC delta actions with the source's gripper
+   actions and action noise, and check the stage's termination T_i. Any failure discards the
+   attempt; successes are kept. Output: data/<task>/generated.hdf5 + generated_summary.json.
 
-    python 01_generate.py --task Threading_D2 --source scripted --num-source 10
-    python 01_generate.py --task Threading_D2 --source my_demos.hdf5      # validate + copy
+Both files are written one demo at a time (atomically) so an interrupted run keeps every finished
+demo and resumes to the target count. With --workers N, each worker writes its own shard
+(seeds interleaved), merged at the end; the same --seed and --workers give identical demos.
+
+    python 01_generate.py --task Threading_D2 --preset quick            # 10 source + 50 generated
+    python 01_generate.py --task Threading_D2 --preset paper --workers 2  # 1000 generated
+    python 01_generate.py --task Threading_D2 --source my_demos.hdf5      # validate + use yours
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import shutil
 import time
+from collections import Counter
 
 import numpy as np
 from tqdm import tqdm
 
 import common
 from common import data as D
+from common import pose as P
 from common.env import check_task_name, make_env, render_states, scripted_demo_fn
-from common.presets import get_preset
+from common.presets import DATAGEN_ACTION_NOISE, get_preset
+from common.scripted import Demonstrator, pose_action
 
 
 def parse_args(argv=None):
@@ -34,6 +49,17 @@ def parse_args(argv=None):
     p.add_argument("--num-source", type=int, default=None, help="source demos to write (default: preset, 10)")
     p.add_argument("--max-source-attempts", type=int, default=None,
                    help="give up after this many scripted attempts (default: 5x --num-source)")
+    p.add_argument("--num-demos", type=int, default=None,
+                   help="successful generated demos wanted (default: preset; paper 1000); 0 = source only")
+    p.add_argument("--workers", type=int, default=1, help="generation processes, one shard each")
+    p.add_argument("--max-attempts", type=int, default=None,
+                   help="stop generating after this many attempts in total (default: 20x --num-demos)")
+    p.add_argument("--planner", default="ompl", choices=["ompl", "linear"],
+                   help="connect segments: OMPL collision-free planning or MimicGen's linear interpolation")
+    p.add_argument("--select", default="random", choices=["random", "nearest"],
+                   help="source demo per stage: random, or among the 3 nearest in reference-object pose")
+    p.add_argument("--action-noise", type=float, default=DATAGEN_ACTION_NOISE,
+                   help="Gaussian σ on the normalized pose action during skill replay (MimicGen: 0.05)")
     p.add_argument("--images", action="store_true", help="also store camera observations (rendered by replay)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="data", help="output root; files go to <out>/<task>/")
@@ -49,42 +75,45 @@ def stage_specs(env) -> list[dict]:
 
 def write_source_scripted(args, preset, path) -> dict:
     """Run the scripted demonstrator until `num_source` successful demos are in `path`."""
+    num = args.num_source or preset["num_source"]
+    if os.path.exists(path) and not os.path.isdir(D.parts_dir(path)):
+        with D.open_dataset(path, task=args.task) as f:
+            if len(D.demo_keys(f)) >= num:
+                return dict(num_demos=len(D.demo_keys(f)), resumed=True)
     env = make_env(args.task, obs_mode="state")
     image_env = make_env(args.task, obs_mode="image") if args.images else None
     demo_fn = scripted_demo_fn(args.task)
-    num = args.num_source or preset["num_source"]
     max_attempts = args.max_source_attempts or 5 * num
-    writer = D.DemoWriter(path, args.task, env_kwargs={"obs_mode": "state"}, stages=stage_specs(env))
-    # Attempt k uses seed (args.seed * 100003 + k): resuming continues after the last kept seed.
-    done_seeds = [int(writer.f["data"][k].attrs["seed"]) for k in D.demo_keys(writer.f)]
-    attempt = 0 if not done_seeds else max(done_seeds) - args.seed * 100003 + 1
-    failures: dict[str, int] = {}
-    times = []
-    bar = tqdm(total=num, initial=writer.num_demos, desc=f"source demos {args.task}", unit="demo")
-    while writer.num_demos < num and attempt < max_attempts:
+    pdir = D.parts_dir(path)
+    # Attempt k uses seed args.seed * 100003 + k; resuming continues after the last kept attempt.
+    kept = D.list_parts(pdir)
+    attempt = (max(int(n.split("_")[1]) for n in kept) + 1) if kept else 0
+    failures, times = Counter(), []
+    bar = tqdm(total=num, initial=min(len(kept), num), desc=f"source demos {args.task}", unit="demo")
+    while len(kept) < num and attempt < max_attempts:
         seed = args.seed * 100003 + attempt
-        attempt += 1
         t0 = time.time()
         d = demo_fn(env, seed, np.random.default_rng(seed), record=True)
-        ok = d.failed is None and env.success()
-        if not ok:
-            reason = d.failed or "task not successful at the end"
-            failures[reason] = failures.get(reason, 0) + 1
+        attempt += 1
+        if d.failed is not None or not env.success():
+            failures[d.failed or "task not successful at the end"] += 1
             continue
-        demo = d.rec.to_demo(model_file=env.model_xml(), seed=seed, source_demo=writer.next_index())
+        demo = d.rec.to_demo(model_file=env.model_xml(), seed=seed, source_demo=len(kept))
+        demo["source_demo_per_stage"][:] = len(kept)
         if image_env is not None:
             demo["obs"].update(render_states(image_env, demo["states"]))
-        writer.append(demo)
+        D.write_part(pdir, f"attempt_{attempt - 1:07d}", demo)
+        kept.append(f"attempt_{attempt - 1:07d}")
         times.append(time.time() - t0)
         bar.update(1)
-        bar.set_postfix(attempts=attempt, success=f"{writer.num_demos}/{attempt}")
+        bar.set_postfix(attempts=attempt, success=f"{len(kept)}/{attempt}")
     bar.close()
-    n = writer.num_demos
-    writer.close()
-    if n < num:
-        raise SystemExit(f"only {n}/{num} scripted demos succeeded in {attempt} attempts "
-                         f"(failures: {failures}); raise --max-source-attempts")
-    return dict(num_demos=n, attempts=attempt, failures=failures,
+    if len(kept) < num:
+        raise SystemExit(f"only {len(kept)}/{num} scripted demos succeeded in {attempt} attempts "
+                         f"(failures: {dict(failures)}); raise --max-source-attempts")
+    D.merge_parts(pdir, path, kept[:num], args.task, {"obs_mode": "state"}, stage_specs(env))
+    shutil.rmtree(pdir)
+    return dict(num_demos=num, attempts=attempt, failures=dict(failures),
                 seconds_per_demo=float(np.mean(times)) if times else None)
 
 
@@ -103,6 +132,194 @@ def copy_source_file(args, path) -> dict:
     return dict(num_demos=n, copied_from=args.source)
 
 
+# ======================================================================================= generation
+class SourceSegments:
+    """The skill segments of the source demos, per stage: eef poses, gripper actions and the pose
+    of the stage's reference object at the segment start (what Sec. III-B transforms against)."""
+
+    def __init__(self, demos: list[dict], stages):
+        self.stages = stages
+        self.segments = []  # [stage][demo] -> dict
+        for i, st in enumerate(stages):
+            per_demo = []
+            for k, d in enumerate(demos):
+                a, b = (int(x) for x in d["skill_bounds"][i])
+                if a < 0 or b <= a:
+                    raise D.DataError(f"source demo {k} has no skill segment for stage {i} ({st.name})")
+                poses = d["datagen_info"]["object_poses"]
+                if st.reference_object not in poses:
+                    raise D.DataError(f"source demo {k} lacks datagen_info/object_poses/{st.reference_object}")
+                per_demo.append(dict(eef=d["datagen_info"]["eef_pose"][a:b],
+                                     gripper=d["datagen_info"]["gripper_action"][a:b, 0],
+                                     ref=poses[st.reference_object][a], index=k))
+            self.segments.append(per_demo)
+
+    def choose(self, stage: int, ref_now: np.ndarray, select: str, rng) -> dict:
+        segs = self.segments[stage]
+        if select == "nearest":  # MimicGen's nearest_neighbor_object with nn_k = 3
+            now = P.mat_to_pose7(ref_now)
+            dist = [P.pose_distance(P.mat_to_pose7(s["ref"]), now) for s in segs]
+            segs = [segs[j] for j in np.argsort(dist)[:3]]
+        return segs[rng.integers(len(segs))]
+
+
+def held_object(env):
+    """The object in the gripper now, if any (the planner carries it with the hand)."""
+    for name in env.object_names:
+        if env.raw.is_grasped(name):
+            return name
+    return None
+
+
+def generate_attempt(env, planner, sources: SourceSegments, seed: int, args) -> tuple[Demonstrator, str | None]:
+    """One generation attempt. Returns the recording and None, or the failure reason."""
+    rng = np.random.default_rng(seed)
+    d = Demonstrator(env, rng, record=True).start(seed)
+    raw = env.raw
+    for i, stage in enumerate(env.stages):
+        ref_now = raw.object_pose(stage.reference_object)
+        seg = sources.choose(i, ref_now, args.select, rng)
+        d.rec.source_demo[i] = seg["index"]
+        targets = P.transform_to_new_frame(seg["eef"], seg["ref"], ref_now)  # Sec. III-B
+
+        # Connect: plan to the initiation pose (the first transformed pose) and track the path.
+        d.label(i, D.PHASE_CONNECT)
+        d.action_noise = 0.0
+        plan = planner.plan(env, targets[0], held=held_object(env))
+        if not plan.success:
+            return d, f"stage {i}: plan {plan.reason}"
+        res = planner.execute(env, plan, float(seg["gripper"][0]), step_fn=d.step)
+        if not res.success:
+            return d, f"stage {i}: connect {res.reason}"
+
+        # Skill: replay the transformed segment, each action toward the next pose (MimicGen).
+        d.label(i, D.PHASE_SKILL)
+        d.action_noise = args.action_noise
+        last = i == len(env.stages) - 1
+        succ_steps = 0
+        for t in range(1, len(targets)):
+            d.step(pose_action(raw.eef_pose(), targets[t], float(seg["gripper"][t - 1])))
+            if last and env.success():
+                succ_steps += 1
+                if succ_steps >= 5:
+                    break
+        if not raw.stage_done()[i]:
+            return d, f"stage {i}: {stage.name} not reached"
+    if not env.success():
+        return d, "task not successful at the end"
+    return d, None
+
+
+def generate_worker(worker: int, target: int, args, out_path: str, source_path: str, queue):
+    """Add kept demos of worker `worker` until it has `target`. Attempt j of this worker uses seed
+    base + worker + workers * j, so workers never share seeds and runs are reproducible."""
+    from common.planner import Planner  # imported here: each process starts its own pybullet
+
+    demos, _ = D.load_all(source_path, task=args.task)
+    env = make_env(args.task, obs_mode="state")
+    sources = SourceSegments(demos, env.stages)
+    planner = Planner(env, mode=args.planner, seed=args.seed * 7919 + worker)
+    image_env = make_env(args.task, obs_mode="image") if args.images else None
+    pdir = D.parts_dir(out_path)
+    mine = D.list_parts(pdir, prefix=f"w{worker}_")
+    j = (int(mine[-1].split("_")[1]) + 1) if mine else 0  # resume after the last kept attempt
+    n_kept = len(mine)
+    base = 1_000_000 + args.seed * 100003
+    try:
+        while n_kept < target and j < args.max_attempts_per_worker:
+            seed = base + worker + args.workers * j
+            t0 = time.time()
+            d, reason = generate_attempt(env, planner, sources, seed, args)
+            if reason is None:
+                demo = d.rec.to_demo(model_file=env.model_xml(), seed=seed, attempt=j, worker=worker)
+                t_render = time.time()
+                if image_env is not None:
+                    demo["obs"].update(render_states(image_env, demo["states"]))
+                D.write_part(pdir, f"w{worker}_{j:07d}", demo)
+                n_kept += 1
+                queue.put(("ok", worker, time.time() - t0, time.time() - t_render if image_env else 0.0))
+            else:
+                queue.put(("fail", worker, reason.split(": ", 1)[-1], reason))
+            j += 1
+    finally:
+        planner.close()
+        queue.put(("done", worker, j, None))
+
+
+def generate(args, preset, out_dir: str, source_path: str) -> dict:
+    num = preset["num_generated"] if args.num_demos is None else args.num_demos
+    total_attempts = args.max_attempts or 20 * max(num, 1)
+    args.max_attempts_per_worker = int(np.ceil(total_attempts / args.workers))
+    targets = [num // args.workers + (w < num % args.workers) for w in range(args.workers)]
+    out_path = os.path.join(out_dir, "generated.hdf5")
+    pdir = D.parts_dir(out_path)
+    if os.path.exists(out_path) and not os.path.isdir(pdir):  # a finished run: reuse its demos
+        with D.open_dataset(out_path, task=args.task) as f:
+            for k in D.demo_keys(f):
+                a = f["data"][k].attrs
+                if "worker" in a and int(a["worker"]) < args.workers:
+                    D.write_part(pdir, f"w{int(a['worker'])}_{int(a['attempt']):07d}", D.load_demo(f, k))
+    have = sum(min(len(D.list_parts(pdir, f"w{w}_")), targets[w]) for w in range(args.workers))
+
+    queue = mp.get_context("spawn").Queue()
+    t0 = time.time()
+    if args.workers == 1:  # in-process thread: simplest to debug and to interrupt
+        import threading
+        procs = [threading.Thread(target=generate_worker, daemon=True,
+                                  args=(0, targets[0], args, out_path, source_path, queue))]
+    else:
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=generate_worker, args=(w, targets[w], args, out_path, source_path, queue))
+                 for w in range(args.workers)]
+    for p in procs:
+        p.start()
+    failures, ok_times, render_times, attempts, running = Counter(), [], [], 0, args.workers
+    bar = tqdm(total=num, initial=have, desc=f"generate {args.task}", unit="demo")
+    try:
+        while running:
+            kind, w, a, b = queue.get()
+            if kind == "done":
+                running -= 1
+                continue
+            attempts += 1
+            if kind == "ok":
+                ok_times.append(a)
+                render_times.append(b)
+                bar.update(1)
+            else:
+                failures[a] += 1
+            bar.set_postfix(attempts=attempts, success=f"{len(ok_times) / attempts:.0%}")
+    except KeyboardInterrupt:
+        for p in procs:
+            if hasattr(p, "terminate"):
+                p.terminate()
+        raise SystemExit("interrupted: finished demos are kept; run the same command again to resume")
+    finally:
+        bar.close()
+    for p in procs:
+        p.join()
+    wall = time.time() - t0
+
+    # Merge: worker order, then attempt order (the same --seed and --workers give the same file).
+    names = [n for w in range(args.workers) for n in D.list_parts(pdir, f"w{w}_")[:targets[w]]]
+    env = make_env(args.task, obs_mode="state")
+    n_final = D.merge_parts(pdir, out_path, names, args.task, {"obs_mode": "state"}, stage_specs(env))
+    if n_final >= num:
+        shutil.rmtree(pdir)
+    kept = len(ok_times)
+    return dict(
+        path=out_path, num_demos=n_final, target=num, attempts_this_run=attempts, kept_this_run=kept,
+        success_rate=kept / attempts if attempts else None,
+        failures=dict(failures.most_common()),
+        seconds_per_success=float(np.mean(ok_times)) if ok_times else None,
+        demos_per_hour=kept / wall * 3600 if kept else 0.0,
+        render_seconds_per_demo=float(np.mean(render_times)) if args.images and render_times else None,
+        wall_seconds=wall, workers=args.workers, planner=args.planner,
+        complete=n_final >= num,
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
     preset = get_preset(args.preset)
@@ -116,10 +333,24 @@ def main(argv=None):
     else:
         summary = copy_source_file(args, source_path)
     summary.update(task=args.task, path=source_path, wall_seconds=time.time() - t0, config=vars(args))
-    with open(os.path.join(out_dir, "source_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(out_dir, "source_summary.json"), summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+
+    num = preset["num_generated"] if args.num_demos is None else args.num_demos
+    if num > 0:
+        gen = generate(args, preset, out_dir, source_path)
+        gen.update(task=args.task, config=vars(args))
+        write_json(os.path.join(out_dir, "generated_summary.json"), gen)
+        print(json.dumps({k: v for k, v in gen.items() if k != "config"}, indent=2))
+        summary["generation"] = gen
     return summary
+
+
+def write_json(path: str, obj: dict):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -239,3 +239,51 @@ def load_all(path: str, task: str | None = None) -> tuple[list[dict], dict]:
     with open_dataset(path, task) as f:
         attrs = dict(f["data"].attrs)
         return [load_demo(f, k) for k in demo_keys(f)], attrs
+
+
+# ------------------------------------------------------------------------------------------ crash-safe parts
+# Long runs (data generation) write every kept demo to its own small file under <out>.parts/,
+# created under a temporary name and renamed when complete: a run killed at any instant (even
+# SIGKILL in the middle of an HDF5 write) leaves only complete parts, and resuming just lists them.
+# `merge_parts` then builds the single robomimic-layout file, again atomically.
+
+def parts_dir(path: str) -> str:
+    return path + ".parts"
+
+
+def write_part(pdir: str, name: str, demo: dict):
+    os.makedirs(pdir, exist_ok=True)
+    final = os.path.join(pdir, name + ".hdf5")
+    tmp = os.path.join(pdir, f".{name}.{os.getpid()}.tmp")
+    with h5py.File(tmp, "w") as f:
+        g = f.create_group("demo")
+        _write_group(g, demo)
+        g.attrs["num_samples"] = int(len(demo["actions"]))
+    os.replace(tmp, final)
+
+
+def list_parts(pdir: str, prefix: str = "") -> list[str]:
+    """Complete parts (names without extension) starting with `prefix`, in natural order."""
+    if not os.path.isdir(pdir):
+        return []
+    names = [f[:-5] for f in os.listdir(pdir) if f.endswith(".hdf5") and f.startswith(prefix)]
+    return sorted(names, key=lambda n: [int(x) if x.isdigit() else x for x in n.replace("_", " ").split()])
+
+
+def part_attrs(pdir: str, name: str) -> dict:
+    with h5py.File(os.path.join(pdir, name + ".hdf5"), "r") as f:
+        return dict(f["demo"].attrs)
+
+
+def merge_parts(pdir: str, path: str, names: list[str], task: str, env_kwargs: dict, stages: list[dict]) -> int:
+    """Write `path` with the given parts as demo_0..demo_{n-1}; atomic (tmp file + rename)."""
+    tmp = path + ".merging"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    with DemoWriter(tmp, task, env_kwargs, stages) as w:
+        for k, name in enumerate(names):
+            with h5py.File(os.path.join(pdir, name + ".hdf5"), "r") as f:
+                f.copy(f["demo"], w.f["data"], name=f"demo_{k}")
+        w._update_total()
+    os.replace(tmp, path)
+    return len(names)

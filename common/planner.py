@@ -816,10 +816,14 @@ class Planner:
             step(a)
 
     def close(self):
-        try:
-            self.pb.disconnect(physicsClientId=self.cid)
-        except Exception:
-            pass
+        """Disconnect the pybullet client (idempotent: pybullet reuses client ids, so a second
+        disconnect could close another planner's world)."""
+        cid, self.cid = getattr(self, "cid", None), None
+        if cid is not None:
+            try:
+                self.pb.disconnect(physicsClientId=cid)
+            except Exception:
+                pass
 
     def __del__(self):
         self.close()

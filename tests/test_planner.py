@@ -17,6 +17,8 @@ from common.scripted import GRIPPER_CLOSED, GRIPPER_OPEN, Demonstrator, top_down
 WALL_POS = (-0.1, 0.15, 0.92)
 WALL_HALF = (0.2, 0.02, 0.12)  # spans z 0.80..1.04 on the table, between start (y 0) and goal (y 0.3)
 CUBE_XY = (0.0, -0.15)
+MESH_VERTS = np.array([[-0.04, -0.03, -0.03], [0.05, -0.03, -0.03], [-0.04, 0.03, -0.03], [0.05, 0.03, -0.03],
+                       [-0.04, -0.03, 0.03], [-0.04, 0.03, 0.03]])
 
 
 class TestPlannerWall(KitTask):
@@ -37,6 +39,11 @@ class TestPlannerWall(KitTask):
         body = ET.Element("body", name="wall", pos=" ".join(map(str, WALL_POS)))
         ET.SubElement(body, "geom", name="wall_geom", type="box", size=" ".join(map(str, WALL_HALF)),
                       rgba="0.8 0.2 0.2 1", group="0")
+        arena.worldbody.append(body)
+        # a mesh fixture (a wedge given by its vertices), away from the paths, for the mirror test
+        ET.SubElement(arena.asset, "mesh", name="wedge_mesh", vertex=" ".join(map(str, MESH_VERTS.ravel())))
+        body = ET.Element("body", name="wedge", pos="0.25 -0.3 0.83", euler="0 0 0.6")
+        ET.SubElement(body, "geom", name="wedge_geom", type="mesh", mesh="wedge_mesh", rgba="0.2 0.2 0.8 1", group="0")
         arena.worldbody.append(body)
 
     def _check_success(self):
@@ -151,6 +158,38 @@ def test_mirror_matches_mujoco_geom_poses(threading_env):
         ls = pb.getLinkState(bid, pl._geoms_of[bid].index(g), computeForwardKinematics=True, physicsClientId=cid)
         assert np.linalg.norm(np.array(ls[4]) - d.geom_xpos[g]) < 1e-5
         raw.set_flat_state(state)
+    finally:
+        pl.close()
+
+
+def test_mirror_of_mesh_geom(wall_env):
+    env = wall_env
+    env.reset(seed=0)
+    raw = env.raw
+    m, d = raw.sim.model._model, raw.sim.data._data
+    pl = Planner(env, margin=0.0)
+    try:
+        g = m.geom("wedge_geom").id
+        bid = pl.scene[m.geom_bodyid[g]]
+        li = pl._geoms_of[bid].index(g)
+        # world vertices of the MuJoCo mesh (mesh_vert is in the geom frame)
+        mid = m.geom_dataid[g]
+        v = m.mesh_vert[m.mesh_vertadr[mid]:m.mesh_vertadr[mid] + m.mesh_vertnum[mid]]
+        w = v @ d.geom_xmat[g].reshape(3, 3).T + d.geom_xpos[g]
+        pb, cid = pl.pb, pl.cid
+        probe = pb.createMultiBody(0, pb.createCollisionShape(pb.GEOM_SPHERE, radius=1e-4, physicsClientId=cid),
+                                   physicsClientId=cid)
+
+        def dist(p):
+            pb.resetBasePositionAndOrientation(probe, list(p), [0, 0, 0, 1], physicsClientId=cid)
+            pts = pb.getClosestPoints(probe, bid, 0.05, linkIndexB=li, physicsClientId=cid)
+            return min(c[8] for c in pts) if pts else 0.05
+        c = w.mean(0)
+        for p in w:  # every MuJoCo vertex lies on the pybullet hull
+            assert abs(dist(p)) < 0.002
+            out = p + 0.02 * (p - c) / np.linalg.norm(p - c)  # 2 cm outside, radially
+            assert dist(out) > 0.005
+        assert dist(c) < 0  # the centre is inside
     finally:
         pl.close()
 

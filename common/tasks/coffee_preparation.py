@@ -17,9 +17,10 @@ Scene:
 - drawer cabinet (fixture, no free joint; mimicgen's drawer_long.xml rebuilt with plain geoms):
   at (0.15, -0.35), z 0.805, yaw 180° (front faces world +y), housing 0.236 x 0.29 x 0.14. The
   drawer slides along cabinet y (joint "drawer_slide", damping 100, 7.85 kg). mimicgen's range is
-  [-1, 0]; here it is [-0.22, 0] so the drawer's back panel stays inside the housing. The datagen
-  signal needs < -0.19; the demo opens to ~ -0.215, where the pod (worst case) is >= 5 cm in front
-  of the cabinet top's front edge and reachable from above. `object_pose("drawer")` returns the
+  [-1, 0]; here it is [-0.22, 0], and in practice the drawer's back panel meets the housing's front
+  posts at -0.198, so it stays in the housing. The datagen signal needs < -0.19; the demo opens to
+  ~-0.195, where the pod (worst case) is ~4 cm in front of the cabinet top's front edge and
+  reachable from above. `object_pose("drawer")` returns the
   fixed cabinet body pose (as mimicgen's obj_body_id["drawer"]); `drawer_slide()` the joint value.
   `object_poses()` stays the free objects only (the recorder keys on them).
 - camera: `agentview` and `agentview_full` are swapped as in mimicgen (agentview shows the table).
@@ -239,6 +240,7 @@ class CoffeePreparation_D2(CoffeeMixin, KitTask):
 # ------------------------------------------------------------------------------------ scripted demo
 # The Panda's fingers close along the OSC site's x axis, i.e. along yaw + 90° for `top_down(yaw)`.
 PLATE_TOP_LOCAL = -0.1005  # base-plate top in the machine frame
+MACHINE_ORIGIN_Z = TABLE_TOP + 0.1105  # machine origin height when it stands on the table
 LID_PINCH_LOCAL = np.array([0.0, LID_HALF_SIZE[1] - 0.016, 0.0])  # pinch point in the lid frame
 NEUTRAL_YAW = 0.4  # top_down yaw around which the wrist has the most room (joint 7 range)
 
@@ -312,12 +314,18 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
     def mug_target(y, h):
         return P.make_pose(mach([0.0, y, PLATE_TOP_LOCAL + MUG_HALF_H + h]), R_mug) @ G
 
+    # Carry the mug above the machine's top (1.02 m) so the path never sweeps through the body.
+    carry_h = 0.235 + rng.uniform(0.0, 0.02)  # mug bottom above the plate top
     d.label(1, PHASE_CONNECT)
-    d.move(mug_target(0.185, 0.07), speed=rng.uniform(0.6, 0.9), max_steps=200, pos_tol=0.006, rot_tol=0.08)
+    lift = carry_h + PLATE_TOP_LOCAL + MACHINE_ORIGIN_Z - (raw.object_pose("mug")[2, 3] - MUG_HALF_H)
+    eef = raw.eef_pose()
+    d.move(P.make_pose(eef[:3, 3] + [0, 0, max(lift, 0.0)], eef[:3, :3]), speed=0.8, max_steps=60, pos_tol=0.01,
+           rot_tol=0.2)
+    d.move(mug_target(0.195, carry_h), speed=rng.uniform(0.6, 0.9), max_steps=200, pos_tol=0.006, rot_tol=0.08)
     d.label(1, PHASE_SKILL)
-    d.move(mug_target(0.185, 0.008), speed=0.5, max_steps=60, pos_tol=0.004)
+    d.move(mug_target(0.195, 0.008), speed=0.5, max_steps=80, pos_tol=0.004)
     d.move(mug_target(y_place, 0.008), speed=0.4, max_steps=80, pos_tol=0.004)
-    d.move(mug_target(y_place, -0.003), speed=0.3, max_steps=30, pos_tol=0.003, until=raw.mug_on_plate)
+    d.move(mug_target(y_place, -0.008), speed=0.3, max_steps=30, pos_tol=0.006, until=raw.mug_on_plate)
     d.actuate(GRIPPER_OPEN, steps=8)
     eef = raw.eef_pose()
     d.move(P.make_pose(eef[:3, 3] + mdir([0, 0.05, 0]) + [0, 0, 0.03], eef[:3, :3]), speed=0.5, max_steps=40,
@@ -338,10 +346,15 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
     d.move(P.make_pose(handle + [0, 0, rng.uniform(0.07, 0.09)], Rd), speed=rng.uniform(0.7, 1.0), max_steps=200,
            pos_tol=0.005, rot_tol=0.08)
     d.label(2, PHASE_SKILL)
-    d.move(P.make_pose(handle + [0, 0, rng.uniform(-0.003, 0.0)], Rd), speed=0.5, max_steps=60, pos_tol=0.008)
+    # Fully open fingers would touch the drawer front: half-close them (the gripper command
+    # integrates its sign, 0 holds) and centre the fingers a little in front of the bar.
+    d.actuate(GRIPPER_CLOSED, steps=2)
+    off = pull * rng.uniform(0.008, 0.012)
+    d.move(P.make_pose(handle + off + [0, 0, rng.uniform(-0.003, 0.0)], Rd), 0.0, speed=0.5, max_steps=60,
+           pos_tol=0.008)
     d.actuate(GRIPPER_CLOSED, steps=8)
-    target_slide = rng.uniform(-0.215, -0.205)
-    d.move(P.make_pose(raw.eef_pose()[:3, 3] + pull * (-target_slide + 0.01), Rd), speed=0.35, max_steps=120,
+    target_slide = rng.uniform(-0.197, -0.194)  # the cavity posts stop the drawer at ~-0.198
+    d.move(P.make_pose(raw.eef_pose()[:3, 3] + pull * (-target_slide + 0.05), Rd), speed=0.4, max_steps=150,
            until=lambda: raw.drawer_slide() < target_slide)
     d.actuate(GRIPPER_OPEN, steps=6)
     eef = raw.eef_pose()

@@ -189,6 +189,24 @@ def _yaw(T) -> float:
     return float(np.arctan2(T[1, 0], T[0, 0]))
 
 
+def _wrap(a: float) -> float:
+    return float((a + np.pi) % (2 * np.pi) - np.pi)
+
+
+def _azimuth(p) -> float:
+    """Direction of point p seen from the robot base, in the table plane."""
+    return float(np.arctan2(p[1] - BASE_XY[1], p[0] - BASE_XY[0]))
+
+
+def _grip_yaw(eef_T) -> float:
+    """The g of `top_down(g)` closest to the eef pose, unwrapped into GRIP_YAW_RANGE (relative to
+    the eef's azimuth), i.e. the way the wrist is actually turned."""
+    g = float(np.arctan2(eef_T[1, 1], eef_T[0, 1]))
+    az = _azimuth(eef_T[:3, 3])
+    mid = az + 0.5 * sum(GRIP_YAW_RANGE)
+    return mid + _wrap(g - mid)
+
+
 def _grasp_rotation(grip_yaw: float, tilt: float, lean_dir: np.ndarray) -> np.ndarray:
     """Top-down gripper `top_down(grip_yaw)`, tilted by `tilt` about the finger-closing axis so
     that the approach axis leans (at the fingertips) toward the horizontal `lean_dir`.
@@ -209,14 +227,15 @@ def _plan_yaws(name: str, nut_yaw: float, az_grasp: float, az_insert: float) -> 
     The fingers close along the nut's local y axis (across the handle); they close along
     g + pi/2 for `top_down(g)`, so g = nut_yaw or nut_yaw + pi;
     carrying the nut turns both by the same delta. psi must fit the peg (square: a multiple of
-    pi/2; round: any), keep the handle on the robot's side of the peg (reachable), and keep the
+    pi/2; round: any), keep the handle within ~60 deg of pointing at the robot (with the handle
+    beside or beyond the peg, the arm is nearly stretched at the peg), and keep the
     gripper yaw inside GRIP_YAW_RANGE at grasp and at insertion. Among those, turn the least.
     """
     if name == "square_nut":
         psis = np.arange(4) * np.pi / 2
     else:
         psis = np.deg2rad(np.arange(0, 360, 5.0))
-    psis = psis[np.cos(psis) <= 0.05]  # handle points toward the robot or sideways
+    psis = psis[np.cos(psis) <= -0.45]  # handle toward the robot: the arm stays well inside its reach
     lo, hi = GRIP_YAW_RANGE
     best, best_cost = None, np.inf
     for s in (0.0, 1.0):
@@ -230,7 +249,8 @@ def _plan_yaws(name: str, nut_yaw: float, az_grasp: float, az_insert: float) -> 
                     g2 = g + dd
                     if not lo + 0.1 <= g2 - az_insert <= hi - 0.1:
                         continue
-                    cost = abs(dd) + 0.3 * (1 + np.cos(psi)) + 0.1 * abs(g)
+                    # Handle toward the robot keeps the arm's elbow well bent at the peg.
+                    cost = abs(dd) + 1.5 * (1 + np.cos(psi)) + 0.1 * abs(g - az_grasp)
                     if cost < best_cost:
                         best, best_cost = (g, nut_yaw + dd), cost
     assert best is not None
@@ -243,30 +263,49 @@ def _one_nut(d: Demonstrator, raw, name: str, stage: int, rng) -> None:
     hx = HANDLE_X[name] + (0.006 if name == "square_nut" else 0.007) + rng.uniform(-0.003, 0.003)
     hy = rng.uniform(-0.003, 0.003)
 
-    def grasp_pose(z_above: float):
+    # Plan once: the grasp yaw g (relative to the nut's yaw, so it follows the nut if it moves)
+    # and the nut's yaw psi on the peg.
+    nut0 = raw.object_pose(name)
+    h0 = (nut0 @ np.array([hx, hy, 0.0, 1.0]))[:2] - BASE_XY
+    g, psi = _plan_yaws(name, _yaw(nut0), np.arctan2(h0[1], h0[0]), _azimuth(peg))
+
+    def grasp_pose(z_above: float, frac: float = 1.0, g_from: float | None = None):
+        """Pre-grasp/grasp pose above the handle; with frac < 1 the yaw is interpolated from g_from."""
         nut = raw.object_pose(name)
         handle = (nut @ np.array([hx, hy, 0.0, 1.0]))[:3]
         radial = handle[:2] - BASE_XY
         r = np.linalg.norm(radial)
-        g, psi = _plan_yaws(name, _yaw(nut), np.arctan2(radial[1], radial[0]),
-                            np.arctan2(peg[1] - BASE_XY[1], peg[0] - BASE_XY[0]))
+        gg = g + _wrap(_yaw(nut) - _yaw(nut0))
+        if g_from is not None:
+            gg = g_from + frac * (gg - g_from)
         # Lean the fingertips away from the robot when the handle is far (extends the reach).
-        tilt = float(np.clip((r - 0.70) / 0.08, 0.0, 1.0)) * 0.45
-        R = _grasp_rotation(g, tilt, radial / r)
-        return P.make_pose(handle + [0, 0, z_above], R), psi
+        tilt = frac * float(np.clip((r - 0.70) / 0.08, 0.0, 1.0)) * 0.45
+        return P.make_pose(handle + [0, 0, z_above], _grasp_rotation(gg, tilt, radial / r))
 
     # ---- stage `stage`: connect above the handle, then the skill: descend, close, lift.
     d.label(stage, PHASE_CONNECT)
-    above, _ = grasp_pose(rng.uniform(0.07, 0.09))
-    eef = raw.eef_pose()
-    if np.linalg.norm(eef[:2, 3] - above[:2, 3]) > 0.15:  # via a point nearer the robot (keeps the elbow bent)
-        via = P.make_pose(np.append(0.5 * (eef[:2, 3] + above[:2, 3]) - [0.08, 0], 1.0), above[:3, :3])
-        d.move(via, max_steps=80, speed=rng.uniform(0.7, 1.0), pos_tol=0.03, rot_tol=0.3)
-    d.move(above, GRIPPER_OPEN, max_steps=150, speed=rng.uniform(0.7, 1.0), pos_tol=0.01, rot_tol=0.1)
-    above, psi = grasp_pose(above[2, 3] - raw.object_pose(name)[2, 3])  # refine on the settled nut
-    d.move(above, max_steps=60, speed=0.6)
+    z_above = rng.uniform(0.07, 0.09)
+    start = raw.eef_pose()
+    g_from = _grip_yaw(start)
+    above = grasp_pose(z_above)
+    path = [start[:3, 3], above[:3, 3]]
+    if stage > 0 and np.linalg.norm(start[:2, 3] - above[:2, 3]) > 0.15:  # via a point nearer the robot
+        path.insert(1, np.append(0.5 * (start[:2, 3] + above[:2, 3]) - [0.08, 0], 1.0))
+    seg = np.array([np.linalg.norm(q - p) for p, q in zip(path[:-1], path[1:])])
+    n = int(max(len(seg), np.ceil(abs(g - g_from) / 0.5), np.ceil(seg.sum() / 0.12)))
+    speed = rng.uniform(0.7, 1.0)
+    for i in range(1, n + 1):  # turn the gripper in steps so it turns the planned way round
+        frac = i / n
+        t = frac * seg.sum()
+        k = min(int(np.searchsorted(np.cumsum(seg), t)), len(seg) - 1)
+        u = (t - np.concatenate([[0], np.cumsum(seg)])[k]) / max(seg[k], 1e-9)
+        pos = path[k] + np.clip(u, 0, 1) * (path[k + 1] - path[k])
+        wp = P.make_pose(pos, grasp_pose(z_above, frac, g_from)[:3, :3])
+        d.move(wp, GRIPPER_OPEN, max_steps=60, speed=speed, pos_tol=0.02 if i < n else 0.01,
+               rot_tol=0.2 if i < n else 0.1)
+    d.move(grasp_pose(z_above), max_steps=60, speed=0.6)  # refine on the settled nut
     d.label(stage, PHASE_SKILL)
-    grasp, _ = grasp_pose(rng.uniform(0.002, 0.005))
+    grasp = grasp_pose(rng.uniform(0.002, 0.005))
     d.move(grasp, speed=0.4, max_steps=80)
     d.actuate(GRIPPER_CLOSED, steps=10)
     lift = grasp.copy()
@@ -304,7 +343,7 @@ def _one_nut(d: Demonstrator, raw, name: str, stage: int, rng) -> None:
             max_steps=80, until=lambda: nut_z() < 0.90)
     d.actuate(GRIPPER_OPEN, steps=8)
     up = raw.eef_pose()
-    up[2, 3] += rng.uniform(0.08, 0.1)
+    up[:3, 3] += [-rng.uniform(0.03, 0.06), 0.0, rng.uniform(0.08, 0.1)]  # up and back toward the robot
     d.move(up, max_steps=40, speed=0.8, pos_tol=0.01, rot_tol=0.2)
     d.hold(3)
     if not d.failed and not raw.nut_on_peg(name):

@@ -18,7 +18,7 @@ import numpy as np
 from .. import pose as P
 from ..data import PHASE_CONNECT, PHASE_SKILL
 from ..env import KitTask, Stage, box_geom, register_task, xml_object
-from ..scripted import GRIPPER_CLOSED, GRIPPER_OPEN, Demonstrator, top_down, wrap_yaw_near
+from ..scripted import GRIPPER_CLOSED, GRIPPER_OPEN, Demonstrator, pose_action, top_down, wrap_yaw_near
 
 DEG = np.pi / 180
 BASE_UNIT, PIECE_1_UNIT, PIECE_2_UNIT = 0.019, 0.017, 0.02  # cube half-sizes
@@ -147,43 +147,82 @@ def _eef_for_object_at(raw, name: str, T_obj_target) -> np.ndarray:
 HIGH_CARRY_BOTTOM_Z = 0.985  # lowest point of a piece carried over piece 2 (its knob top is at 0.96)
 LOW_CARRY_BOTTOM_Z = 0.875  # ... carried over nothing taller than the base frame (top 0.838)
 P2_CARRY_BOTTOM_Z = 0.925  # piece 2 carried onto piece 1 (fin top at 0.902)
-FAR_TILT = (0.66, 0.80, 22 * DEG)  # radial distance from the robot base where tilting starts, is full; tilt
+TILT_MAX = 22 * DEG
+FAR_TILT = (0.66, 0.80)  # radial distance from the robot base where the outward tilt starts / is full
+NEAR_TILT = (0.50, 0.38)  # ... where the inward tilt starts / is full (-NEAR_TILT_MAX)
+NEAR_TILT_MAX = 15 * DEG
+IN_PLANE_TILT_MAX = 8 * DEG
 
 
 def _robot_xy(raw) -> np.ndarray:
     return np.array(raw.sim.data.body_xpos[raw.sim.model.body_name2id(raw.robots[0].robot_model.root_body)][:2])
 
 
-def _outward_tilt(raw, xy) -> np.ndarray:
-    """Rotation tilting a top-down gripper so its fingertips point away from the robot base.
+def _wanted_tilt(raw, xy) -> np.ndarray:
+    """World rotation vector by which a top-down gripper at `xy` should lean (0 in mid-range).
 
     Far from the base (the table's far corners are ~0.81 m away) a vertical gripper needs an almost
-    straight elbow; the arm then reaches its joint limit, and the OSC cannot bend it back out of
-    that near-singular posture. Tilting the hand outward pulls the wrist ~7 cm closer to the base.
+    straight elbow; the arm then hits its joint limit and the OSC cannot bend it back out of that
+    near-singular posture: leaning the fingertips outward pulls the wrist toward the base. Close to
+    the base a vertical gripper puts the forearm upright, where the wrist joints 5 and 7 align and
+    the OSC drifts: leaning the fingertips inward avoids it.
     """
     radial = np.asarray(xy, float) - _robot_xy(raw)
     r = float(np.linalg.norm(radial))
-    lo, hi, tilt = FAR_TILT
-    angle = tilt * float(np.clip((r - lo) / (hi - lo), 0.0, 1.0))
+    out = TILT_MAX * float(np.clip((r - FAR_TILT[0]) / (FAR_TILT[1] - FAR_TILT[0]), 0.0, 1.0))
+    inward = NEAR_TILT_MAX * float(np.clip((NEAR_TILT[0] - r) / (NEAR_TILT[0] - NEAR_TILT[1]), 0.0, 1.0))
     axis = np.cross([0.0, 0.0, 1.0], np.append(radial / r, 0.0))
-    return P.axisangle_to_mat(-angle * axis)  # -angle: turns the eef z axis (down) toward +radial
+    return -(out - inward) * axis  # negative angle about z x radial turns the eef z (down) outward
+
+
+def _rotz(yaw: float) -> np.ndarray:
+    return P.axisangle_to_mat([0.0, 0.0, yaw])
+
+
+def _grasp_tilt(raw, pick_xy, pick_yaw: float, place_xy, place_yaw: float) -> np.ndarray:
+    """Tilt (world rotation at the pick) that serves both the pick and the place pose.
+
+    The tilt is fixed in the object's frame once grasped, so the wanted tilts at pick and place are
+    expressed in the object frame and added (limited to TILT_MAX). Its component that tips the
+    fingers within their closing plane (object local y; one finger lower than the other) is capped
+    so a finger never lands on the fin / knob edge; pitch about the closing axis (local x) is free.
+    """
+    g = _rotz(-pick_yaw) @ _wanted_tilt(raw, pick_xy) + _rotz(-place_yaw) @ _wanted_tilt(raw, place_xy)
+    g[2] = 0.0
+    n = np.linalg.norm(g)
+    if n > TILT_MAX:
+        g *= TILT_MAX / n
+    g[1] = np.clip(g[1], -IN_PLANE_TILT_MAX, IN_PLANE_TILT_MAX)
+    return P.axisangle_to_mat(_rotz(pick_yaw) @ g)
+
+
+def _place_yaw(ref_yaw: float, grip_yaw: float, period: float) -> float:
+    """Symmetric placement yaw (ref yaw + k·period) whose finger direction is nearest the start's
+    (π/2, world y), i.e. the smallest wrist turn. `grip_yaw`: closing direction minus object yaw."""
+    return wrap_yaw_near(ref_yaw, ref=np.pi / 2 - grip_yaw, period=period)
 
 
 def _pick(d: Demonstrator, raw, stage: int, name: str, grasp_local, half_z: float, yaw_period: float,
-          carry_bottom_z: float, rng) -> bool:
+          carry_bottom_z: float, ref: str, place_period: float, rng) -> bool:
     """Connect above `name`, then the skill: descend, close on the grasp point, lift clear of the scene."""
     obj = raw.object_pose(name)
     point = (obj @ np.append(grasp_local + [0, rng.uniform(-0.003, 0.003), 0], 1.0))[:3]
     # Fingers close along the object's local x (across the fin / the knob); symmetric grasps are
     # wrapped next to the start's closing direction (world y) so the wrist never turns far.
-    R = _outward_tilt(raw, point[:2]) @ _closing_along(wrap_yaw_near(_yaw(obj), ref=np.pi / 2, period=yaw_period))
+    closing = wrap_yaw_near(_yaw(obj), ref=np.pi / 2, period=yaw_period)
+    # The grasp may lean (fixed in the object frame) so that both the pick and the later place
+    # (on `ref`, with the yaw _place will choose) keep the arm away from its awkward postures.
+    ref_T = raw.object_pose(ref)
+    place_yaw = _place_yaw(_yaw(ref_T), closing - _yaw(obj), place_period)
+    R = _grasp_tilt(raw, point[:2], _yaw(obj), ref_T[:2, 3], place_yaw) @ _closing_along(closing)
     above = P.make_pose(point + [0, 0, rng.uniform(0.07, 0.09)], R)
     grasp = P.make_pose(point + [0, 0, rng.uniform(-0.003, 0.002)], R)
 
     d.label(stage, PHASE_CONNECT)
     # Turn the wrist first, in place, then translate: turning while reaching lets the OSC fold the
     # arm into postures from which targets near the robot base are out of reach.
-    d.move(P.make_pose(raw.eef_pose()[:3, 3], R), GRIPPER_OPEN, max_steps=60, pos_tol=0.02, rot_tol=0.08)
+    d.move(P.make_pose(raw.eef_pose()[:3, 3], R), GRIPPER_OPEN, max_steps=100, pos_tol=0.03, rot_tol=0.1,
+           rot_speed=0.4)
     d.move(above, max_steps=150, speed=rng.uniform(0.7, 1.0), pos_tol=0.005, rot_tol=0.05)
     d.label(stage, PHASE_SKILL)
     d.move(grasp, speed=0.5, max_steps=80)
@@ -197,6 +236,31 @@ def _pick(d: Demonstrator, raw, stage: int, name: str, grasp_local, half_z: floa
     return not d.failed
 
 
+def _servo(d: Demonstrator, raw, target_fn, max_steps: int, speed: float, until=None, tol: float = 0.003,
+           ki: float = 0.3, limit: float = 0.02) -> bool:
+    """Closed-loop servo to a target recomputed every step (from measured object poses), with an
+    integral term on position: the OSC has none, and under load or contact it settles several mm
+    short of its goal. Ends when within `tol` of the (unbiased) target, or when `until()` holds."""
+    if d.failed:
+        return False
+    bias = np.zeros(3)
+    for _ in range(max_steps):
+        if until is not None and until():
+            return True
+        T, eef = target_fn(), raw.eef_pose()
+        err = T[:3, 3] - eef[:3, 3]
+        if until is None and np.linalg.norm(err) < tol:
+            return True
+        bias = np.clip(bias + ki * err, -limit, limit)
+        goal = T.copy()
+        goal[:3, 3] += bias
+        d.step(pose_action(eef, goal, d.gripper, max_pos=speed))
+    if until is not None and until():
+        return True
+    d.failed = f"stage {d.stage}: servo timed out"
+    return False
+
+
 def _place(d: Demonstrator, raw, stage: int, name: str, ref: str, half_z: float, yaw_period: float,
            seat_offset: float, engage: float, carry_bottom_z: float, rng, done) -> bool:
     """Connect: carry `name` above `ref` (high, then down to a hover pose) with a matching yaw;
@@ -208,9 +272,9 @@ def _place(d: Demonstrator, raw, stage: int, name: str, ref: str, half_z: float,
     """
     ref_T = raw.object_pose(ref)
     obj = raw.object_pose(name)
-    grip_yaw = _yaw(raw.eef_pose()) - _yaw(obj)  # finger-closing direction relative to the object
-    # The symmetric target yaw whose resulting finger direction is nearest the start's (π/2).
-    target_yaw = wrap_yaw_near(_yaw(ref_T), ref=np.pi / 2 - grip_yaw, period=yaw_period)
+    grip = P.pose_inv(obj) @ raw.eef_pose()
+    grip_yaw = float(np.arctan2(grip[1, 0], grip[0, 0]))  # finger-closing direction in the object frame
+    target_yaw = _place_yaw(_yaw(ref_T), grip_yaw, yaw_period)
 
     def obj_target(dz=None, z=None):
         r = raw.object_pose(ref)
@@ -223,14 +287,15 @@ def _place(d: Demonstrator, raw, stage: int, name: str, ref: str, half_z: float,
     carry_z = max(raw.object_pose(name)[2, 3], carry_bottom_z + half_z)
     d.move(_eef_for_object_at(raw, name, obj_target(z=carry_z)), max_steps=180,
            speed=rng.uniform(0.6, 0.8), pos_tol=0.01, rot_tol=0.05)
-    hover = engage + rng.uniform(0.02, 0.035)
+    hover = engage + rng.uniform(0.03, 0.045)
     d.move(_eef_for_object_at(raw, name, obj_target(hover)), max_steps=80, speed=0.5, pos_tol=0.005,
            rot_tol=0.04)
     d.label(stage, PHASE_SKILL)
     # Settle above the target closed-loop (object pose measured every step), then lower slowly.
-    d.track(lambda: _eef_for_object_at(raw, name, obj_target(engage + 0.008)), max_steps=60, speed=0.25)
+    _servo(d, raw, lambda: _eef_for_object_at(raw, name, obj_target(engage + 0.015)), max_steps=60, speed=0.25)
     seated = lambda: raw.object_pose(name)[2, 3] < raw.object_pose(ref)[2, 3] + seat_offset + 0.006
-    d.track(lambda: _eef_for_object_at(raw, name, obj_target(-0.01)), max_steps=80, speed=0.12, until=seated)
+    _servo(d, raw, lambda: _eef_for_object_at(raw, name, obj_target(-0.01)), max_steps=80, speed=0.12,
+           until=seated, ki=0.1)
     d.actuate(GRIPPER_OPEN, steps=8)
     up = raw.eef_pose()
     up[2, 3] += rng.uniform(0.08, 0.10)
@@ -261,10 +326,10 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
     poses = raw.object_poses()
     clear = _segment_distance(poses["piece_2"][:2, 3], poses["piece_1"][:2, 3], poses["base"][:2, 3])
     p1_carry = LOW_CARRY_BOTTOM_Z if clear > 0.18 else HIGH_CARRY_BOTTOM_Z
-    _pick(d, raw, 0, "piece_1", FIN_GRASP_LOCAL, h1, np.pi, p1_carry, rng)
+    _pick(d, raw, 0, "piece_1", FIN_GRASP_LOCAL, h1, np.pi, p1_carry, "base", np.pi / 2, rng)
     _place(d, raw, 1, "piece_1", "base", h1, np.pi / 2, p1_on_base, 2 * BASE_UNIT, p1_carry, rng,
            raw.piece_1_assembled)
-    _pick(d, raw, 2, "piece_2", KNOB_GRASP_LOCAL, h2, np.pi / 2, P2_CARRY_BOTTOM_Z, rng)
+    _pick(d, raw, 2, "piece_2", KNOB_GRASP_LOCAL, h2, np.pi / 2, P2_CARRY_BOTTOM_Z, "piece_1", np.pi, rng)
     _place(d, raw, 3, "piece_2", "piece_1", h2, np.pi, p2_on_p1, 4 * PIECE_1_UNIT, P2_CARRY_BOTTOM_Z, rng,
            raw._check_success)
     d.hold(3)
