@@ -58,6 +58,8 @@ def parse_args(argv=None):
                    help="connect segments: OMPL collision-free planning or MimicGen's linear interpolation")
     p.add_argument("--select", default="random", choices=["random", "nearest"],
                    help="source demo per stage: random, or among the 3 nearest in reference-object pose")
+    p.add_argument("--select-per-stage", action="store_true",
+                   help="choose a new source demo at every stage (default: one per attempt, as MimicGen)")
     p.add_argument("--action-noise", type=float, default=DATAGEN_ACTION_NOISE,
                    help="Gaussian σ on the normalized pose action during skill replay (MimicGen: 0.05)")
     p.add_argument("--images", action="store_true", help="also store camera observations (rendered by replay)")
@@ -154,13 +156,15 @@ class SourceSegments:
                                      ref=poses[st.reference_object][a], index=k))
             self.segments.append(per_demo)
 
-    def choose(self, stage: int, ref_now: np.ndarray, select: str, rng) -> dict:
+    def choose(self, stage: int, ref_now: np.ndarray, select: str, rng) -> int:
+        """Index of a source demo for `stage`: random, or random among the 3 nearest in the pose of
+        the stage's reference object (MimicGen's nearest_neighbor_object, nn_k = 3)."""
         segs = self.segments[stage]
-        if select == "nearest":  # MimicGen's nearest_neighbor_object with nn_k = 3
+        if select == "nearest":
             now = P.mat_to_pose7(ref_now)
             dist = [P.pose_distance(P.mat_to_pose7(s["ref"]), now) for s in segs]
-            segs = [segs[j] for j in np.argsort(dist)[:3]]
-        return segs[rng.integers(len(segs))]
+            return int(np.argsort(dist)[:3][rng.integers(min(3, len(segs)))])
+        return int(rng.integers(len(segs)))
 
 
 def held_object(env):
@@ -176,10 +180,15 @@ def generate_attempt(env, planner, sources: SourceSegments, seed: int, args) -> 
     rng = np.random.default_rng(seed)
     d = Demonstrator(env, rng, record=True).start(seed)
     raw = env.raw
+    src = None
     for i, stage in enumerate(env.stages):
         ref_now = raw.object_pose(stage.reference_object)
-        seg = sources.choose(i, ref_now, args.select, rng)
-        d.rec.source_demo[i] = seg["index"]
+        # One source demo per attempt (MimicGen's select_src_per_subtask = False), so the grasp
+        # replayed in stage i matches the in-hand pose the next stage's segment assumes.
+        if src is None or args.select_per_stage:
+            src = sources.choose(i, ref_now, args.select, rng)
+        seg = sources.segments[i][src]
+        d.rec.source_demo[i] = src
         targets = P.transform_to_new_frame(seg["eef"], seg["ref"], ref_now)  # Sec. III-B
 
         # Connect: plan to the initiation pose (the first transformed pose) and track the path.

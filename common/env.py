@@ -250,7 +250,7 @@ class KitTask(ManipulationEnv):
         super()._reset_internal()
         if not self.deterministic_reset:
             for pos, quat, obj in self.placement_initializer.sample().values():
-                self.sim.data.set_joint_qpos(obj.joints[0], np.concatenate([np.array(pos), np.array(quat)]))
+                self.sim.data.set_joint_qpos(self._free_joint(obj), np.concatenate([np.array(pos), np.array(quat)]))
         self._after_placement()
         self.sim.forward()
         self._rest_z = {n: float(self.sim.data.body_xpos[b][2]) for n, b in self.obj_body_id.items()}
@@ -261,6 +261,15 @@ class KitTask(ManipulationEnv):
         # state that is recorded and replayed.
         self.sim.forward()
         return super()._post_action(action)
+
+    def _free_joint(self, obj) -> str:
+        """The free joint of an object (robosuite lists joints depth-first, so an object with a
+        hinged child body, like the coffee machine's lid, need not have it first)."""
+        m = self.sim.model
+        for j in obj.joints:
+            if m.jnt_type[m.joint_name2id(j)] == 0:  # mjJNT_FREE
+                return j
+        raise ValueError(f"object {obj.name} has no free joint; place it as a fixture instead")
 
     def reward(self, action=None):
         return float(self._check_success())  # sparse task reward

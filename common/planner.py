@@ -239,13 +239,19 @@ class Planner:
         time_budget: seconds given to RRT-Connect per plan (simplification adds at most
             `simplify_budget`).
         margin: required clearance (m) between robot/held object and the scene. Relaxed for a plan
-            whose start or goal is closer than that (down to `-start_tol`, touching).
+            whose goal is closer than that, and per (link, scene body) pair for pairs already closer
+            at the start (so a plan can leave a contact-rich skill end state).
+        start_tol: a start penetrating the mirrored scene deeper than this is "start_in_collision"
+            unless MuJoCo itself finds no robot-scene penetration deeper than start_tol (the
+            pybullet Panda is slightly bulkier than robosuite's); the mirror may then disagree with
+            the sim by up to `max_model_error`.
         ik_restarts: random restarts of the damped-least-squares IK after the current-joint seed.
     """
 
     def __init__(self, env, mode: str = "ompl", time_budget: float = 1.0, simplify_budget: float = 0.05,
                  margin: float = 0.01, ik_restarts: int = 30, ik_pos_tol: float = 0.002,
-                 ik_rot_tol: float = math.radians(2.0), start_tol: float = 0.004, seed: int | None = None):
+                 ik_rot_tol: float = math.radians(2.0), start_tol: float = 0.004, max_model_error: float = 0.02,
+                 seed: int | None = None):
         if mode not in ("ompl", "linear"):
             raise ValueError(f"unknown planner mode {mode!r}; use 'ompl' or 'linear'")
         import pybullet as pb
@@ -254,6 +260,7 @@ class Planner:
         self.pb = pb
         self.mode, self.time_budget, self.simplify_budget = mode, time_budget, simplify_budget
         self.margin, self.ik_restarts, self.start_tol = margin, ik_restarts, start_tol
+        self.max_model_error = max_model_error
         self.ik_pos_tol, self.ik_rot_tol = ik_pos_tol, ik_rot_tol
         self.rng = np.random.default_rng(seed)
         self.cid = pb.connect(pb.DIRECT)
@@ -368,8 +375,12 @@ class Planner:
                 r = v - c
                 nr = np.linalg.norm(r, axis=1, keepdims=True)
                 v = v + inflate * r / np.maximum(nr, 1e-9)
-            if len(v) > 2000:
-                v = v[self.rng.choice(len(v), 2000, replace=False)]  # hull of a subsample (speed)
+            if len(v) > 64:  # pass only the hull's vertices (same hull, faster to build)
+                try:
+                    from scipy.spatial import ConvexHull
+                    v = v[ConvexHull(v).vertices]
+                except Exception:
+                    pass
             return pb.createCollisionShape(pb.GEOM_MESH, vertices=v.tolist(), physicsClientId=cid), off
         return None, off  # height fields, SDFs: not mirrored
 
@@ -519,6 +530,64 @@ class Planner:
                 return -math.inf
         return best
 
+    def _scene_contacts(self, q):
+        """{(robot or held body, its link, scene body): clearance} for the scene pairs closer than
+        `margin` at q, or None on robot self-collision / held object vs arm collision."""
+        pb, cid, scene = self.pb, self.cid, self._scene_ids
+        self._set_q(q)
+        pb.performCollisionDetection(physicsClientId=cid)
+        out = {}
+        for c in pb.getContactPoints(physicsClientId=cid):
+            if c[1] in scene:
+                key = (c[2], c[4], c[1])
+            elif c[2] in scene:
+                key = (c[1], c[3], c[2])
+            else:
+                if c[8] < -0.001:
+                    return None
+                continue
+            out[key] = min(out.get(key, math.inf), c[8] + self.margin)
+        return out
+
+    def _validity(self, thr: float, pair_thr: dict):
+        """State validity: every scene pair's clearance above its threshold (pair_thr, else thr),
+        no self-collision, no held-object/arm collision."""
+        pb, cid, scene, margin = self.pb, self.cid, self._scene_ids, self.margin
+
+        def valid(q) -> bool:
+            self._set_q(q)
+            pb.performCollisionDetection(physicsClientId=cid)
+            for c in pb.getContactPoints(physicsClientId=cid):
+                if c[1] in scene:
+                    key = (c[2], c[4], c[1])
+                elif c[2] in scene:
+                    key = (c[1], c[3], c[2])
+                else:
+                    if c[8] < -0.001:
+                        return False
+                    continue
+                if c[8] + margin <= pair_thr.get(key, thr):
+                    return False
+            return True
+        return valid
+
+    def _mj_penetration(self, env, skip_bodies=()) -> float:
+        """Deepest robot-scene penetration (m, <= 0) in the MuJoCo sim now, ignoring skip_bodies."""
+        raw = _raw(env)
+        m, d = self._m, raw.sim.data._data
+        robot_root, skip, worst = self._robot_root, set(skip_bodies), 0.0
+        for i in range(d.ncon):
+            c = d.contact[i]
+            b1, b2 = m.geom_bodyid[c.geom1], m.geom_bodyid[c.geom2]
+            r1, r2 = m.body_rootid[b1] == robot_root, m.body_rootid[b2] == robot_root
+            if r1 == r2:
+                continue
+            other = b2 if r1 else b1
+            if other in skip:
+                continue
+            worst = min(worst, float(c.dist))
+        return worst
+
     @property
     def _scene_ids(self):
         s = getattr(self, "_scene_id_set", None)
@@ -655,11 +724,14 @@ class Planner:
             if mode == "linear":
                 res = self._plan_linear(env, target)
             else:
-                res = self._plan_ompl(target, self.time_budget if time_budget is None else time_budget, t0)
+                res = self._plan_ompl(env, target, self.time_budget if time_budget is None else time_budget, t0)
         except Exception as e:  # never raise out of pybullet / OMPL
             res = PlanResult(False, f"error: {type(e).__name__}: {e}", mode, target)
         finally:
-            self._set_q(self._q_now)
+            try:
+                self._set_q(self._q_now)
+            except Exception:
+                pass
         res.mode, res.held, res.target = mode, held, target
         res.plan_time = time.perf_counter() - t0
         return res
@@ -678,22 +750,32 @@ class Planner:
         wps = _interp_poses(start, target)
         return PlanResult(True, "", "linear", target, waypoints=wps)
 
-    def _plan_ompl(self, target, budget, t0) -> PlanResult:
+    def _plan_ompl(self, env, target, budget, t0) -> PlanResult:
         q_start = self._q_now.copy()
-        c_start = self.clearance(q_start)
+        start = self._scene_contacts(q_start)
+        c_start = min(start.values(), default=self.margin) if start is not None else -math.inf
+        info = {"start_clearance": c_start}
         if c_start < -self.start_tol:
-            return PlanResult(False, START_IN_COLLISION, "ompl", target, info={"start_clearance": c_start})
+            # The pybullet Panda (its finger meshes especially) is a little bigger than robosuite's:
+            # trust the sim. A start that MuJoCo finds contact-free (or only touching) may start
+            # inside the mirror; those pairs get a threshold relaxed to their start clearance.
+            skip = set(self._held[3]) if self._held is not None else set()
+            skip |= self._parked
+            if start is None or c_start < -self.max_model_error or self._mj_penetration(env, skip) < -self.start_tol:
+                return PlanResult(False, START_IN_COLLISION, "ompl", target, info=info)
         cands = self._ik_candidates(target, None, True, self.margin * 0.999, 3)
         if not cands:
-            return PlanResult(False, IK_FAILED, "ompl", target)
+            return PlanResult(False, IK_FAILED, "ompl", target, info=info)
         q_goal, c_goal = cands[0]
+        info["goal_clearance"] = c_goal
         if not c_goal > 0.0:  # every solution found collides (or nearly touches) the scene
-            return PlanResult(False, GOAL_IN_COLLISION, "ompl", target, info={"goal_clearance": c_goal})
-        thr = min(self.margin * 0.999, c_start - 0.001, c_goal - 0.001)
-        thr = max(thr, -self.start_tol)
-        info = {"start_clearance": c_start, "goal_clearance": c_goal, "threshold": thr}
+            return PlanResult(False, GOAL_IN_COLLISION, "ompl", target, info=info)
+        thr = min(self.margin * 0.999, c_goal - 0.001)
+        pair_thr = {k: min(thr, v - 0.001) for k, v in start.items() if v - 0.001 < thr}
+        info["threshold"] = thr
+        info["relaxed_pairs"] = len(pair_thr)
+        valid = self._validity(thr, pair_thr)
 
-        valid = lambda q: self.clearance(q) > thr  # noqa: E731
         # 1) the straight joint-space segment
         direct = self._segment_valid(q_start, q_goal, valid)
         if direct:

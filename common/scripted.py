@@ -38,8 +38,9 @@ def pose_action(eef_T, target_T, gripper: float, max_pos: float = 1.0, max_rot: 
 
 
 def top_down(yaw: float) -> np.ndarray:
-    """Rotation of a gripper pointing straight down (z_eef = -z_world), fingers closing along the
-    direction `yaw` in the table plane (the eef y-axis is the finger-closing axis of the Panda)."""
+    """Rotation of a gripper pointing straight down (z_eef = -z_world) whose y-axis points along
+    `yaw` in the table plane. The Panda's fingers close along the grip site's x-axis, i.e. along
+    yaw + 90° (finger pads measured at ±0.0243 m along x)."""
     c, s = np.cos(yaw), np.sin(yaw)
     y_axis = np.array([c, s, 0.0])
     z_axis = np.array([0.0, 0.0, -1.0])

@@ -11,7 +11,7 @@ import robosuite
 import common  # noqa: F401  (registers the kit's tasks)
 from common import pose as P
 from common.env import KitEnv, KitTask, box_geom, make_env, uniform_sampler, xml_object
-from common.planner import IK_FAILED, Planner
+from common.planner import GOAL_IN_COLLISION, IK_FAILED, START_IN_COLLISION, Planner
 from common.scripted import GRIPPER_CLOSED, GRIPPER_OPEN, Demonstrator, top_down
 
 WALL_POS = (-0.1, 0.15, 0.92)
@@ -205,6 +205,27 @@ def test_unreachable_target_fails_cleanly(threading_env):
         ex = pl.execute(env, res, GRIPPER_OPEN)
         assert not ex.success and ex.steps == 0
     finally:
+        pl.close()
+
+
+def test_goal_or_start_in_collision(wall_env):
+    env = wall_env
+    env.reset(seed=0)
+    raw = env.raw
+    pl = Planner(env, seed=3)
+    state = raw.get_flat_state()
+    try:
+        inside = P.make_pose([-0.1, 0.15, 0.95], top_down(0.0))  # fingers inside the wall
+        res = pl.plan(env, inside)
+        assert not res.success and res.reason == GOAL_IN_COLLISION
+        # put the arm into the wall in MuJoCo: the start is in collision there and in the mirror
+        q = pl.ik(inside, check_collision=False)
+        raw.sim.data.qpos[pl._qidx] = q
+        raw.sim.forward()
+        res = pl.plan(env, P.make_pose([-0.1, 0.3, 0.95], top_down(0.0)))
+        assert not res.success and res.reason == START_IN_COLLISION
+    finally:
+        raw.set_flat_state(state)
         pl.close()
 
 

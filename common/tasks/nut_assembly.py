@@ -324,7 +324,7 @@ def _one_nut(d: Demonstrator, raw, name: str, stage: int, rng) -> None:
     d.label(stage + 1, PHASE_CONNECT)
     top = peg + np.array([rng.uniform(-0.002, 0.002), rng.uniform(-0.002, 0.002), 0.0])
     top[2] = CARRY_Z
-    start_yaw = _yaw(raw.object_pose(name))
+    start_yaw = _yaw(nut0) + _wrap(_yaw(raw.object_pose(name)) - _yaw(nut0))  # same branch as psi
     start_xy = raw.object_pose(name)[:2, 3]
     n = int(max(2, np.ceil(abs(psi - start_yaw) / 0.5)))
     for i in range(1, n + 1):  # turn the nut in steps so every rotation goes the planned way
@@ -336,15 +336,19 @@ def _one_nut(d: Demonstrator, raw, name: str, stage: int, rng) -> None:
                pos_tol=0.02 if i < n else 0.01, rot_tol=0.2 if i < n else 0.08)
     d.track(lambda: eef_for_nut_at(top), max_steps=60, speed=0.4)
     d.label(stage + 1, PHASE_SKILL)
-    # Lower until the ring is well down the peg (peg top 0.95), then let go: the nut drops to the table.
+    # Lower the ring over the peg (peg top 0.95), then let go: the nut slides down to the table.
     nut_z = lambda: float(raw.object_pose(name)[2, 3])  # noqa: E731
     # A carrot 1 cm below the nut keeps the xy alignment dominant in the (norm-capped) action.
+    # Release once the ring is 2-3 cm down the peg: lower would stretch the arm to its limits.
+    release_z = rng.uniform(0.944, 0.95)
     d.track(lambda: eef_for_nut_at(np.array([top[0], top[1], max(nut_z() - 0.01, 0.86)])),
-            max_steps=80, until=lambda: nut_z() < 0.90)
+            max_steps=80, until=lambda: nut_z() < release_z)
     d.actuate(GRIPPER_OPEN, steps=8)
     up = raw.eef_pose()
-    up[:3, 3] += [-rng.uniform(0.03, 0.06), 0.0, rng.uniform(0.08, 0.1)]  # up and back toward the robot
-    d.move(up, max_steps=40, speed=0.8, pos_tol=0.01, rot_tol=0.2)
+    up[:3, 3] += [-rng.uniform(0.01, 0.03), 0.0, rng.uniform(0.08, 0.1)]  # up (and a little back)
+    # The arm is near its reach here, so the move ends once the gripper is well clear above.
+    d.move(up, max_steps=40, speed=0.8, pos_tol=0.01, rot_tol=0.2,
+           until=lambda: raw.eef_pose()[2, 3] > up[2, 3] - 0.02)
     d.hold(3)
     if not d.failed and not raw.nut_on_peg(name):
         d.failed = f"stage {stage + 1}: {name} not on its peg"

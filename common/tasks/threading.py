@@ -108,7 +108,9 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
     d = Demonstrator(env, rng, record=record).start(seed)
     raw = env.raw
     needle = raw.object_pose("needle")
-    handle = needle @ np.append(HANDLE_LOCAL + [0, rng.uniform(-0.004, 0.004), 0], 1.0)
+    # Small grasp variation (±1 mm): the stage-2 skill is replayed relative to the tripod, so the
+    # needle-in-hand pose of the source demos bounds how well generated insertions fit 3 mm clearance.
+    handle = needle @ np.append(HANDLE_LOCAL + [0, rng.uniform(-0.001, 0.001), 0], 1.0)
     needle_yaw = np.arctan2(needle[1, 0], needle[0, 0])
 
     # The needle must go through the ring along its axis, either way (sign s). The fingers close
@@ -126,14 +128,14 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
         turn = (nyaw - needle_yaw + np.pi) % (2 * np.pi) - np.pi
         reach = np.linalg.norm((ring - 0.18 * dv)[:2] - base_xy)
         for k in (0, 1):
-            g = needle_yaw + k * np.pi
+            g = needle_yaw + np.pi / 2 + k * np.pi  # top_down y-axis along the needle y: fingers along x
             cost = max(wrist_yaw_cost(g), wrist_yaw_cost(g + turn)) + 5.0 * max(0.0, reach - 0.70)
             if best is None or cost < best[0]:
                 best = (cost, dv, g)
     _, dvec, yaw = best
     R = top_down(yaw)
     above = P.make_pose(handle[:3] + [0, 0, rng.uniform(0.06, 0.08)], R)
-    grasp = P.make_pose(handle[:3] + [0, 0, rng.uniform(-0.002, 0.004)], R)
+    grasp = P.make_pose(handle[:3] + [0, 0, rng.uniform(0.0, 0.002)], R)
 
     # Stage 0: connect to the pre-grasp pose, then the skill: descend, close, lift.
     d.label(0, PHASE_CONNECT)
@@ -181,9 +183,12 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
         rel = tip - raw.ring_center()
         lateral = np.linalg.norm(rel - np.dot(rel, d_now) * d_now)
         if lateral < 0.0015 or np.dot(rel, d_now) > 0.01:
-            progress[0] = min(progress[0] + 0.004, 0.004)
+            progress[0] = min(progress[0] + 0.004, 0.002)
         return eef_for_shaft_at(progress[0])
-    d.track(insertion_target, max_steps=120, speed=0.3, until=raw._check_success)
+    # Go on to the ring centre rather than stopping at the 12 mm success radius: replayed
+    # (generated) insertions then end well inside the radius, not on its edge.
+    centred = lambda: np.linalg.norm(raw.shaft_center() - raw.ring_center()) < 0.004  # noqa: E731
+    d.track(insertion_target, max_steps=120, speed=0.3, until=centred)
     d.hold(5)
     if not d.failed and not raw._check_success():
         d.failed = "stage 1: needle not threaded"

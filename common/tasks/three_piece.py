@@ -145,7 +145,7 @@ def _eef_for_object_at(raw, name: str, T_obj_target) -> np.ndarray:
 
 
 HIGH_CARRY_BOTTOM_Z = 0.985  # lowest point of a piece carried over piece 2 (its knob top is at 0.96)
-LOW_CARRY_BOTTOM_Z = 0.875  # ... carried over nothing taller than the base frame (top 0.838)
+LOW_CARRY_BOTTOM_Z = 0.89  # ... carried over nothing taller than the base frame (top 0.838)
 P2_CARRY_BOTTOM_Z = 0.925  # piece 2 carried onto piece 1 (fin top at 0.902)
 TILT_MAX = 22 * DEG
 FAR_TILT = (0.66, 0.80)  # radial distance from the robot base where the outward tilt starts / is full
@@ -196,10 +196,26 @@ def _grasp_tilt(raw, pick_xy, pick_yaw: float, place_xy, place_yaw: float) -> np
     return P.axisangle_to_mat(_rotz(pick_yaw) @ g)
 
 
-def _place_yaw(ref_yaw: float, grip_yaw: float, period: float) -> float:
-    """Symmetric placement yaw (ref yaw + k·period) whose finger direction is nearest the start's
-    (π/2, world y), i.e. the smallest wrist turn. `grip_yaw`: closing direction minus object yaw."""
-    return wrap_yaw_near(ref_yaw, ref=np.pi / 2 - grip_yaw, period=period)
+def _wrap(a: float) -> float:
+    return float((a + np.pi) % (2 * np.pi) - np.pi)
+
+
+def _place_yaw(ref_yaw: float, grip_yaw: float, period: float, phi_now: float) -> float:
+    """Symmetric placement yaw (ref yaw + k·period) for a held object.
+
+    `grip_yaw` is the finger-closing direction minus the object yaw, `phi_now` the current closing
+    direction. Among the yaws that keep the closing direction within 90° of the start's (π/2, world
+    y: the wrist's comfortable range) it takes the one needing the smallest wrist turn."""
+    best, best_turn = None, np.inf
+    for k in range(-4, 5):
+        yaw = ref_yaw + k * period
+        phi = yaw + grip_yaw
+        if abs(_wrap(phi - np.pi / 2)) > np.pi / 2 + 1e-6:
+            continue
+        turn = abs(_wrap(phi - phi_now))
+        if turn < best_turn:
+            best, best_turn = yaw, turn
+    return best
 
 
 def _pick(d: Demonstrator, raw, stage: int, name: str, grasp_local, half_z: float, yaw_period: float,
@@ -213,7 +229,7 @@ def _pick(d: Demonstrator, raw, stage: int, name: str, grasp_local, half_z: floa
     # The grasp may lean (fixed in the object frame) so that both the pick and the later place
     # (on `ref`, with the yaw _place will choose) keep the arm away from its awkward postures.
     ref_T = raw.object_pose(ref)
-    place_yaw = _place_yaw(_yaw(ref_T), closing - _yaw(obj), place_period)
+    place_yaw = _place_yaw(_yaw(ref_T), closing - _yaw(obj), place_period, closing)
     R = _grasp_tilt(raw, point[:2], _yaw(obj), ref_T[:2, 3], place_yaw) @ _closing_along(closing)
     above = P.make_pose(point + [0, 0, rng.uniform(0.07, 0.09)], R)
     grasp = P.make_pose(point + [0, 0, rng.uniform(-0.003, 0.002)], R)
@@ -274,7 +290,7 @@ def _place(d: Demonstrator, raw, stage: int, name: str, ref: str, half_z: float,
     obj = raw.object_pose(name)
     grip = P.pose_inv(obj) @ raw.eef_pose()
     grip_yaw = float(np.arctan2(grip[1, 0], grip[0, 0]))  # finger-closing direction in the object frame
-    target_yaw = _place_yaw(_yaw(ref_T), grip_yaw, yaw_period)
+    target_yaw = _place_yaw(_yaw(ref_T), grip_yaw, yaw_period, _yaw(raw.eef_pose()))
 
     def obj_target(dz=None, z=None):
         r = raw.object_pose(ref)
@@ -286,7 +302,7 @@ def _place(d: Demonstrator, raw, stage: int, name: str, ref: str, half_z: float,
     d.label(stage, PHASE_CONNECT)
     carry_z = max(raw.object_pose(name)[2, 3], carry_bottom_z + half_z)
     d.move(_eef_for_object_at(raw, name, obj_target(z=carry_z)), max_steps=180,
-           speed=rng.uniform(0.6, 0.8), pos_tol=0.01, rot_tol=0.05)
+           speed=rng.uniform(0.5, 0.7), rot_speed=0.6, pos_tol=0.01, rot_tol=0.05)
     hover = engage + rng.uniform(0.03, 0.045)
     d.move(_eef_for_object_at(raw, name, obj_target(hover)), max_steps=80, speed=0.5, pos_tol=0.005,
            rot_tol=0.04)

@@ -1,0 +1,47 @@
+"""NutAssembly_D2: scene, placement, stage checks and the scripted demonstrator."""
+import numpy as np
+import pytest
+
+import common
+from common.tasks.nut_assembly import NUT_RADIUS, PEGS, NutAssembly_D2, scripted_demo
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = common.make_env("NutAssembly_D2")
+    yield e
+    e.close()
+
+
+def test_reset_placement_and_checks(env):
+    raw = env.raw
+    for seed in range(5):
+        env.reset(seed=seed)
+        assert not raw.stage_done().any()
+        assert not env.success()
+        for name, spec in NutAssembly_D2.placement.items():
+            p = raw.object_pose(name)[:3, 3]
+            assert spec["x"][0] <= p[0] <= spec["x"][1] and spec["y"][0] <= p[1] <= spec["y"][1]
+            assert abs(p[2] - 0.89) < 1e-6  # spawns 0.07 above the table top (z_offset 0.02)
+            for _, xy, r in PEGS.values():
+                assert np.hypot(p[0] - xy[0], p[1] - xy[1]) > NUT_RADIUS + r
+        for _ in range(10):  # let the nuts drop: they come to rest flat, nothing interpenetrates
+            env.step(np.zeros(7))
+        d = raw.sim.data
+        assert min((d.contact[i].dist for i in range(d.ncon)), default=0.0) > -0.003
+        for name in NutAssembly_D2.placement:
+            assert abs(raw.object_pose(name)[2, 3] - 0.83) < 0.003
+        assert not raw.stage_done().any()
+
+
+def test_peg_poses(env):
+    env.reset(seed=0)
+    np.testing.assert_allclose(env.raw.object_pose("square_peg")[:3, 3], [0.23, 0.10, 0.85], atol=1e-9)
+    np.testing.assert_allclose(env.raw.object_pose("round_peg")[:3, 3], [0.23, -0.10, 0.85], atol=1e-9)
+    assert set(env.object_poses()) == {"square_nut", "round_nut"}
+
+
+def test_scripted_demo_succeeds(env):
+    d = scripted_demo(env, 1, np.random.default_rng(1), record=False)
+    assert d.failed is None and env.success()
+    assert env.stage_done()[[1, 3]].all()

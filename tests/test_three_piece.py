@@ -1,0 +1,54 @@
+"""ThreePieceAssembly_D2: scene facts of TASKS.md §2, reset sanity, and one scripted demo."""
+import numpy as np
+import pytest
+
+import common
+from common.tasks.three_piece import ThreePieceAssembly_D2, scripted_demo
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = common.make_env("ThreePieceAssembly_D2")
+    yield e
+    e.close()
+
+
+def test_registered_and_stages(env):
+    assert "ThreePieceAssembly_D2" in common.TASKS
+    assert [s.reference_object for s in env.stages] == ["piece_1", "base", "piece_2", "piece_1"]
+    assert ThreePieceAssembly_D2.eval_horizon == 500
+    assert env.object_names == ["base", "piece_1", "piece_2"]
+
+
+def test_masses(env):
+    raw = env.raw
+    m = {n: raw.sim.model.body_mass[raw.obj_body_id[n]] for n in env.object_names}
+    assert m["base"] == pytest.approx(8.78, abs=0.01)  # 16 cubes of 0.038 at density 10000
+    assert m["piece_1"] == pytest.approx(0.059, abs=0.001)
+    assert m["piece_2"] == pytest.approx(0.141, abs=0.001)
+
+
+def test_agentview_is_the_full_view(env):
+    m = env.raw.sim.model
+    cam = m.camera_name2id("agentview")
+    np.testing.assert_allclose(m.cam_pos[cam], [0.753, 0.0, 1.519], atol=1e-6)
+
+
+def test_reset_in_ranges_and_no_stage_done(env):
+    raw = env.raw
+    for seed in range(5):
+        env.reset(seed=seed)
+        for name, spec in raw.placement.items():
+            T = raw.object_pose(name)
+            assert spec["x"][0] - 1e-6 <= T[0, 3] <= spec["x"][1] + 1e-6
+            assert spec["y"][0] - 1e-6 <= T[1, 3] <= spec["y"][1] + 1e-6
+        for i in range(raw.sim.data.ncon):
+            assert raw.sim.data.contact[i].dist > -1e-3  # no interpenetration
+        assert not env.stage_done().any()
+
+
+def test_scripted_demo_succeeds(env):
+    d = scripted_demo(env, 0, np.random.default_rng(0), record=False)
+    assert d.failed is None
+    assert env.success()
+    assert env.stage_done()[1]  # piece 1 still seated in the base
