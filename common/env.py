@@ -338,6 +338,7 @@ class KitEnv:
         self.object_names = list(raw.objects)
         self.action_dim = raw.action_dim
         self.t = 0
+        self._articulation_qpos = self._find_articulations()
         # Hide robosuite's debug sites (e.g. the green grip-site line) in camera images; robosuite
         # only does this in reset(), and reset_to() may be called on a never-reset env.
         raw.visualize(vis_settings={vis: False for vis in raw._visualizations})
@@ -357,11 +358,25 @@ class KitEnv:
         return np.concatenate([eef[:3, 3], P.mat_to_axisangle(eef[:3, :3]), fingers, joints]).astype(np.float32)
 
     def object_state(self) -> np.ndarray:
+        """Object poses (pos + quat xyzw each), then the scene's articulation joints (e.g. the
+        coffee lid hinge, the drawer slide): everything a privileged policy needs to see."""
         out = []
         for name in self.object_names:
             T = self.raw.object_pose(name)
             out.append(np.concatenate([T[:3, 3], P.mat_to_quat(T[:3, :3])]))
+        out.append(self.raw.sim.data.qpos[self._articulation_qpos])
         return np.concatenate(out).astype(np.float32)
+
+    def _find_articulations(self) -> np.ndarray:
+        """qpos addresses of hinge/slide joints that belong to neither the robot nor a free joint."""
+        m, robot = self.raw.sim.model, self.raw.robots[0]
+        robot_q = set(np.atleast_1d(robot._ref_joint_pos_indexes).tolist())
+        robot_q |= set(np.atleast_1d(robot._ref_gripper_joint_pos_indexes["right"]).tolist())
+        addrs = []
+        for j in range(m.njnt):
+            if m.jnt_type[j] in (2, 3) and int(m.jnt_qposadr[j]) not in robot_q:  # slide, hinge
+                addrs.append(int(m.jnt_qposadr[j]))
+        return np.array(addrs, dtype=np.int64)
 
     def _obs(self, raw_obs=None) -> dict:
         obs = {"proprio": self.proprio()}

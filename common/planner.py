@@ -60,7 +60,11 @@ _HAND_LINK = 8
 _HAND_LINKS = (7, 8, 9, 10, 11)  # link8, hand, fingers, grasp target: may touch a held object
 
 # Collision filter groups (pybullet ORs the two group/mask tests, so every body sets both).
-_G_ROBOT, _G_SCENE, _G_HELD = 1, 2, 4
+# The hand and fingers collide with the scene through TOOL bodies mirrored from robosuite's own
+# gripper geoms (pybullet's finger meshes are bulkier); pybullet's hand/finger links (HAND) only
+# take part in arm self-collision.
+_G_ROBOT, _G_SCENE, _G_HELD, _G_TOOL, _G_HAND = 1, 2, 4, 8, 16
+_GRIPPER_LINKS = (8, 9, 10, 11)
 
 
 def _raw(env):
@@ -239,7 +243,7 @@ class Planner:
         time_budget: seconds given to RRT-Connect per plan (simplification adds at most
             `simplify_budget`).
         margin: required clearance (m) between robot/held object and the scene. Relaxed for a plan
-            whose goal is closer than that, and per (link, scene body) pair for pairs already closer
+            whose goal is closer than that, and per (robot link, scene geom) pair for pairs already closer
             at the start (so a plan can leave a contact-rich skill end state).
         start_tol: a start penetrating the mirrored scene deeper than this is "start_in_collision"
             unless MuJoCo itself finds no robot-scene penetration deeper than start_tol (the
@@ -264,6 +268,8 @@ class Planner:
         self.ik_pos_tol, self.ik_rot_tol = ik_pos_tol, ik_rot_tol
         self.rng = np.random.default_rng(seed)
         self.cid = pb.connect(pb.DIRECT)
+        self._held = None  # (pb body, T_hand_obj, root mj body, [mj bodies]) while planning with a held object
+        self._tool = []
         self._last_target, self._last_held, self._last_ignore = None, None, ()
 
         raw = _raw(env)
@@ -291,7 +297,11 @@ class Planner:
                                  physicsClientId=self.cid)
         self._nlinks = pb.getNumJoints(self.robot, physicsClientId=self.cid)
         for li in range(-1, self._nlinks):
-            pb.setCollisionFilterGroupMask(self.robot, li, _G_ROBOT, _G_ROBOT | _G_SCENE | _G_HELD, physicsClientId=self.cid)
+            if li in _GRIPPER_LINKS:
+                pb.setCollisionFilterGroupMask(self.robot, li, _G_HAND, _G_ROBOT, physicsClientId=self.cid)
+            else:
+                pb.setCollisionFilterGroupMask(self.robot, li, _G_ROBOT, _G_ROBOT | _G_HAND | _G_SCENE | _G_HELD,
+                                               physicsClientId=self.cid)
         self.kin = PandaKinematics(self.urdf, base_T)
         # Grip-site offset from panda_hand, measured at the synced current configuration.
         q = d.qpos[self._qidx].copy()
@@ -309,13 +319,26 @@ class Planner:
             self._body_geoms.setdefault(b, []).append(g)
         self.skipped_geoms = []
         for b, geoms in self._body_geoms.items():
-            pbid = self._make_body(geoms, self.margin, _G_SCENE, _G_ROBOT | _G_HELD, mass=0.0)
+            pbid = self._make_body(geoms, self.margin, _G_SCENE, _G_ROBOT | _G_HELD | _G_TOOL, mass=0.0)
             if pbid is not None:
                 self.scene[b] = pbid
+        # ---- tool: robosuite's gripper collision geoms, one body per gripper body, moved with the
+        # hand (relative poses measured at each sync, so the finger opening is the sim's)
+        grip_root = m.body(robot.gripper["right"].root_body).id
+        self._tool = []  # [pb body, mj body, T_hand_body]
+        for b in range(m.nbody):
+            a = b
+            while a > 0 and a != grip_root:
+                a = m.body_parentid[a]
+            if a != grip_root:
+                continue
+            geoms = [g for g in range(m.ngeom) if m.geom_bodyid[g] == b and (m.geom_contype[g] or m.geom_conaffinity[g])]
+            tb = self._make_body(geoms, 0.0, _G_TOOL, _G_SCENE, mass=0.1) if geoms else None
+            if tb is not None:
+                self._tool.append([tb, b, np.eye(4)])
         # movable bodies: anything not welded to the world (has a joint on the way up to world)
         self._movable = [b for b in self.scene if self._is_movable(b)]
         self._held_cache = {}  # mj root body -> (pybullet body, [mj bodies])
-        self._held = None  # (pb body, T_hand_obj, root mj body, [mj bodies]) while planning with a held object
         self._parked = set()
 
         # ---- self-collision: ignore robot link pairs in contact at the home and current configs
@@ -432,6 +455,9 @@ class Planner:
         self._fingers = (float(np.clip(d.qpos[self._fidx[0]], 0, 0.04)), float(np.clip(-d.qpos[self._fidx[1]], 0, 0.04)))
         for k, j in enumerate(_FINGER_JOINTS):
             self.pb.resetJointState(self.robot, j, self._fingers[k], physicsClientId=self.cid)
+        T_hand_inv = P.pose_inv(self.kin.hand(self._q_now))
+        for t in self._tool:
+            t[2] = T_hand_inv @ P.make_pose(d.xpos[t[1]], d.xmat[t[1]].reshape(3, 3))
         self._set_q(self._q_now)
         for b in (self.scene if all_bodies else set(self._movable) | self._parked):
             self._place(b, d.xpos[b], _mj_quat_to_xyzw(d.xquat[b]))
@@ -454,9 +480,13 @@ class Planner:
         if fingers is not None:
             for k, j in enumerate(_FINGER_JOINTS):
                 pb.resetJointState(self.robot, j, fingers[k], physicsClientId=self.cid)
+        H = self.kin.hand(q)
+        for tb, _, T_hb in self._tool:
+            T = H @ T_hb
+            pb.resetBasePositionAndOrientation(tb, T[:3, 3].tolist(), _quat_xyzw(T), physicsClientId=self.cid)
         if self._held is not None:
             hb, T_ho = self._held[0], self._held[1]
-            T = self.kin.hand(q) @ T_ho
+            T = H @ T_ho
             pb.resetBasePositionAndOrientation(hb, T[:3, 3].tolist(), _quat_xyzw(T), physicsClientId=self.cid)
 
     # ------------------------------------------------------------------ objects: held / ignored
@@ -531,7 +561,7 @@ class Planner:
         return best
 
     def _scene_contacts(self, q):
-        """{(robot or held body, its link, scene body): clearance} for the scene pairs closer than
+        """{(robot or held body, its link, scene body, its link): clearance} for the scene pairs closer than
         `margin` at q, or None on robot self-collision / held object vs arm collision."""
         pb, cid, scene = self.pb, self.cid, self._scene_ids
         self._set_q(q)
@@ -539,9 +569,9 @@ class Planner:
         out = {}
         for c in pb.getContactPoints(physicsClientId=cid):
             if c[1] in scene:
-                key = (c[2], c[4], c[1])
+                key = (c[2], c[4], c[1], c[3])
             elif c[2] in scene:
-                key = (c[1], c[3], c[2])
+                key = (c[1], c[3], c[2], c[4])
             else:
                 if c[8] < -0.001:
                     return None
@@ -559,9 +589,9 @@ class Planner:
             pb.performCollisionDetection(physicsClientId=cid)
             for c in pb.getContactPoints(physicsClientId=cid):
                 if c[1] in scene:
-                    key = (c[2], c[4], c[1])
+                    key = (c[2], c[4], c[1], c[3])
                 elif c[2] in scene:
-                    key = (c[1], c[3], c[2])
+                    key = (c[1], c[3], c[2], c[4])
                 else:
                     if c[8] < -0.001:
                         return False
@@ -611,11 +641,11 @@ class Planner:
             for body, link in ((c[1], c[3]), (c[2], c[4])):
                 if body == self.robot:
                     names.append(pb.getJointInfo(self.robot, link, physicsClientId=cid)[12].decode() if link >= 0 else "panda_link0")
-                elif body in inv:
-                    g = self._geoms_of[body][link] if link >= 0 else -1
+                elif body in self._geoms_of and link >= 0:  # scene, tool (gripper) or held geom
+                    g = self._geoms_of[body][link]
                     names.append(mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_GEOM, g) or f"geom{g}")
                 else:
-                    names.append("held")
+                    names.append("?")
             out.append((names[0], names[1], c[8] + (self.margin if (c[1] in inv or c[2] in inv) else 0.0)))
         return out
 

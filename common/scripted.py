@@ -135,6 +135,27 @@ class Demonstrator:
         self.failed = f"stage {self.stage}: tracking timed out"
         return False
 
+    def connect(self, target_T, gripper=None, held: str | None = None, **follow_kw) -> bool:
+        """Free-space move with the motion planner (collision-free joint-space path tracked with
+        OSC actions). Joint-space paths avoid the wrist-limit traps that straight Cartesian
+        servoing runs into on long rotations; the planner is built once per env."""
+        if self.failed:
+            return False
+        if gripper is not None:
+            self.gripper = gripper
+        planner = getattr(self.env, "_kit_planner", None)
+        if planner is None:
+            from .planner import Planner
+            planner = self.env._kit_planner = Planner(self.env, seed=0)
+        plan = planner.plan(self.env, target_T, held=held)
+        if not plan.success:
+            self.failed = f"stage {self.stage}: plan {plan.reason}"
+            return False
+        res = planner.execute(self.env, plan, self.gripper, step_fn=self.step, **follow_kw)
+        if not res.success:
+            self.failed = f"stage {self.stage}: connect {res.reason}"
+        return res.success
+
     def actuate(self, gripper: float, steps: int = 8):
         """Open/close the gripper while holding the current pose target."""
         if self.failed:

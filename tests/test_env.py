@@ -10,7 +10,7 @@ from common.scripted import pose_action
 def test_state_observations_and_proprio_layout():
     env = make_env("Threading_D2", obs_mode="state")
     obs = env.reset(seed=3)
-    assert obs["proprio"].shape == (15,) and obs["object"].shape == (7 * len(env.object_names),)
+    assert obs["proprio"].shape == (15,) and obs["object"].shape == (7 * len(env.object_names),)  # no joints
     eef = env.eef_pose()
     np.testing.assert_allclose(obs["proprio"][:3], eef[:3, 3], atol=1e-5)
     np.testing.assert_allclose(P.axisangle_to_mat(obs["proprio"][3:6]), eef[:3, :3], atol=1e-4)
@@ -51,3 +51,10 @@ def test_robosuite_make_works_after_import():
     obs = raw.reset()
     assert "needle_pos" in obs and "tripod_quat" in obs
     assert set(common.TASKS) >= {"Threading_D2"}
+
+
+def test_articulated_joints_are_part_of_the_state():
+    env = make_env("Coffee_D2", obs_mode="state")
+    obs = env.reset(seed=0)
+    assert obs["object"].shape == (7 * len(env.object_names) + 1,)  # + the lid hinge
+    assert abs(obs["object"][-1] - np.deg2rad(120)) < 0.05  # the lid starts open

@@ -145,6 +145,12 @@ def test_mirror_matches_mujoco_geom_poses(threading_env):
                                    "robot0_link5", "robot0_link6", "robot0_link7"]):
             ls = pb.getLinkState(pl.robot, li, computeForwardKinematics=True, physicsClientId=cid)
             assert np.linalg.norm(np.array(ls[4]) - d.xpos[m.body(body).id]) < 1e-3
+        # robosuite's gripper geoms (the hand/finger collision model) sit at their MuJoCo poses
+        assert pl._tool
+        for tb, _, _ in pl._tool:
+            for li, g in enumerate(pl._geoms_of[tb]):
+                ls = pb.getLinkState(tb, li, computeForwardKinematics=True, physicsClientId=cid)
+                assert np.linalg.norm(np.array(ls[4]) - d.geom_xpos[g]) < 1e-3, g
         # moving an object and re-syncing moves its mirror
         state = raw.get_flat_state()
         j = raw.objects["needle"].joints[0]

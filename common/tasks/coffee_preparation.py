@@ -28,15 +28,20 @@ Scene:
 Reset: lid closed (0), drawer closed (0), pod on the drawer floor at (x, y) in
 [-0.03, 0.03] x [-0.05, 0.03] from the floor centre (cabinet frame), yaw 0.
 
-D2 placement (kit decision; no public D2 exists). D1 widened as far as the arm reaches every sample
-and the objects cannot collide with the fixed cabinet (the samplers do not know it):
-  machine x [-0.30, -0.15] (D1 [-0.25, -0.15]), y [-0.30, -0.20] (D1 [-0.30, -0.25]),
-          yaw [-45°, 45°] (D1 [-30°, 30°]).
-          x stops at -0.15: at yaw 45° the machine reaches 0.167 in x, and the cabinet starts at
-          x 0.032; y stops at -0.30 because the machine's back is already at the table edge.
-  mug     x [-0.20, 0.20] (D1 [-0.15, 0.20]), y [0.0, 0.25] (D1 [0.05, 0.25]), yaw [0, 360°],
-          z_offset 0.02. Larger x or y puts the handle beyond the arm's top-down reach (~0.80 m
-          horizontally from the robot base).
+D2 placement (kit decision; no public D2 exists). The brief was to widen D1 as far as the arm
+still reaches every sample. With this demonstrator (top-down handle grasp, mug slid onto the
+plate with its handle toward the machine front) parts of D1 itself cannot be reached, so the
+ranges are wider than D1 in some directions and narrower in others:
+  machine x [-0.22, -0.15] (D1 [-0.25, -0.15]), y [-0.30, -0.22] (D1 [-0.30, -0.25]),
+          yaw [-45°, 10°] (D1 [-30°, 30°]).
+          With yaw > 0 the front faces the robot, and the mug-placing grasp (~0.24 m in front of
+          the machine) comes within ~0.28 m of the robot base, where top-down poses stall
+          (joint 4 near its limit). x stops at -0.15 because at |yaw| 45° the machine reaches
+          0.167 m in x and the fixed cabinet starts at x 0.032.
+  mug     x [-0.15, 0.12] (D1 [-0.15, 0.20]), y [0.08, 0.22] (D1 [0.05, 0.25]), yaw [0, 360°],
+          z_offset 0.02. The handle grasp sits up to 6.6 cm beyond the mug centre. Top-down
+          reach ends at ~0.80 m from the base (measured: 0.85 m stalls). For y < 0.08 the hand
+          (±0.10 m along the finger axis) can hit the closed drawer's handle bar.
 """
 from __future__ import annotations
 

@@ -129,7 +129,7 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
         reach = np.linalg.norm((ring - 0.18 * dv)[:2] - base_xy)
         for k in (0, 1):
             g = needle_yaw + np.pi / 2 + k * np.pi  # top_down y-axis along the needle y: fingers along x
-            cost = max(wrist_yaw_cost(g), wrist_yaw_cost(g + turn)) + 5.0 * max(0.0, reach - 0.70)
+            cost = max(wrist_yaw_cost(g), wrist_yaw_cost(g + turn)) + 20.0 * max(0.0, reach - 0.66)
             if best is None or cost < best[0]:
                 best = (cost, dv, g)
     _, dvec, yaw = best
@@ -139,7 +139,7 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
 
     # Stage 0: connect to the pre-grasp pose, then the skill: descend, close, lift.
     d.label(0, PHASE_CONNECT)
-    d.move(above, GRIPPER_OPEN, max_steps=120, speed=rng.uniform(0.7, 1.0))
+    d.connect(above, GRIPPER_OPEN, speed=rng.uniform(0.7, 1.0))
     d.label(0, PHASE_SKILL)
     d.move(grasp, speed=0.5, max_steps=60)
     d.actuate(GRIPPER_CLOSED, steps=10)
@@ -166,8 +166,8 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
 
     start = -rng.uniform(0.09, 0.11)
     d.label(1, PHASE_CONNECT)
-    d.move(eef_for_shaft_at(start) @ P.make_pose([0, 0, -0.05], np.eye(3)),  # 5 cm above, in eef z
-           max_steps=150, speed=rng.uniform(0.6, 0.9), pos_tol=0.01, rot_tol=0.1)
+    d.connect(eef_for_shaft_at(start) @ P.make_pose([0, 0, -0.05], np.eye(3)),  # 5 cm above, in eef z
+              held="needle", speed=rng.uniform(0.6, 0.9))
     d.label(1, PHASE_SKILL)
     d.track(lambda: eef_for_shaft_at(start), max_steps=60, speed=0.4, pos_tol=0.001, rot_tol=0.01)
     if d.failed == "stage 1: tracking timed out":  # alignment is best-effort; insertion decides
