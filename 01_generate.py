@@ -214,6 +214,18 @@ def generate_attempt(env, planner, sources: SourceSegments, seed: int, args) -> 
                     break
         if not raw.stage_done()[i]:
             return d, f"stage {i}: {stage.name} not reached"
+        # Rows hold the state *before* each action, so a check that became true on the last action
+        # is not in the file yet: hold still until it is (the final stage keeps 5 success rows).
+        d.action_noise = 0.0
+        d.gripper = float(seg["gripper"][-1])
+        need = 5 if last else 1
+        for _ in range(10):
+            recorded = sum(bool(r[i]) for r in d.rec.rows["stage_done"][-need:])
+            if recorded >= need or not raw.stage_done()[i]:
+                break
+            d.hold(1)
+        if last and not env.success():
+            return d, "task not successful at the end"
     if not env.success():
         return d, "task not successful at the end"
     return d, None

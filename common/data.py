@@ -38,7 +38,7 @@ class EpisodeRecorder:
         self.env, self.n_stages = env, n_stages
         self.rows = {k: [] for k in ("actions", "states", "stage", "phase", "stage_done", "eef_pose", "gripper_action")}
         self.obs: dict[str, list] = {}
-        self.object_poses = {n: [] for n in env.object_names}
+        self.object_poses = {n: [] for n in env.tracked_names}
         self.skill_bounds = np.full((n_stages, 2), -1, dtype=np.int64)
         self.init_pose = np.zeros((n_stages, 7))
         self.source_demo = np.full(n_stages, -1, dtype=np.int64)
@@ -63,7 +63,7 @@ class EpisodeRecorder:
         r["gripper_action"].append([float(action[-1])])
         for k, v in obs.items():
             self.obs.setdefault(k, []).append(np.asarray(v))
-        for n, T in env.object_poses().items():
+        for n, T in env.tracked_poses().items():
             self.object_poses[n].append(T)
 
     def to_demo(self, **attrs) -> dict:

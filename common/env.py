@@ -336,6 +336,10 @@ class KitEnv:
         self.task = type(raw).__name__
         self.stages = raw.stages
         self.object_names = list(raw.objects)
+        # Poses recorded for data generation: the free objects plus any stage reference object
+        # that is a fixture (e.g. NutAssembly's pegs, CoffeePreparation's drawer).
+        self.tracked_names = self.object_names + sorted(
+            {s.reference_object for s in raw.stages} - set(self.object_names))
         self.action_dim = raw.action_dim
         self.t = 0
         self._articulation_qpos = self._find_articulations()
@@ -425,6 +429,10 @@ class KitEnv:
 
     def object_poses(self) -> dict:
         return self.raw.object_poses()
+
+    def tracked_poses(self) -> dict:
+        """4x4 poses of every tracked name (free objects + fixture reference objects)."""
+        return {n: self.raw.object_pose(n) for n in self.tracked_names}
 
     def gripper_qpos(self) -> np.ndarray:
         robot = self.raw.robots[0]

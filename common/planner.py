@@ -51,7 +51,8 @@ NO_PATH = "no_path"
 TIMEOUT = "timeout"
 # shortcutting: interpolate the path to this many states, try this many shortcuts per batch, stop
 # after this many batches without gain
-SIMPLIFY_POINTS, SIMPLIFY_BATCH, SIMPLIFY_IDLE = 30, 6, 3
+SIMPLIFY_POINTS, SIMPLIFY_BATCH, SIMPLIFY_IDLE, SIMPLIFY_MAX_BATCHES = 30, 6, 3, 12
+_OMPL_SEEDED = False
 
 # Robot links of pybullet_data/franka_panda/panda.urdf (link index = joint index)
 _ARM_JOINTS = list(range(7))
@@ -96,6 +97,18 @@ def _interp_poses(A, B, pos_step=0.01, rot_step=0.05) -> np.ndarray:
     out[:, :3, 3] = A[:3, 3] + s[:, None] * (B[:3, 3] - A[:3, 3])
     out[-1] = B
     return out
+
+
+def _seed_ompl(seed):
+    """OMPL draws every planner's random seed from one process-wide generator, which can be
+    seeded once, before first use: with the same seed and the same sequence of plans, RRT-Connect
+    then returns the same paths."""
+    global _OMPL_SEEDED
+    if seed is None or _OMPL_SEEDED:
+        return
+    from ompl import util as ou
+    ou.RNG.setSeed(int(seed) % (2**31 - 2) + 1)
+    _OMPL_SEEDED = True
 
 
 # ================================================================================== results
@@ -240,8 +253,8 @@ class Planner:
             state of the same env (call `sync`/`plan`/`replan` with it).
         mode: "ompl" (collision-free joint-space planning) or "linear" (task-space interpolation,
             no collision checking, MimicGen's connection).
-        time_budget: seconds given to RRT-Connect per plan (simplification adds at most
-            `simplify_budget`).
+        time_budget: seconds given to RRT-Connect per plan (simplification is bounded by a
+            number of shortcut batches, not by time, to stay reproducible).
         margin: required clearance (m) between robot/held object and the scene. Relaxed for a plan
             whose goal is closer than that, and per (robot link, scene geom) pair for pairs already closer
             at the start (so a plan can leave a contact-rich skill end state).
@@ -252,7 +265,7 @@ class Planner:
         ik_restarts: random restarts of the damped-least-squares IK after the current-joint seed.
     """
 
-    def __init__(self, env, mode: str = "ompl", time_budget: float = 1.0, simplify_budget: float = 0.05,
+    def __init__(self, env, mode: str = "ompl", time_budget: float = 1.0,
                  margin: float = 0.01, ik_restarts: int = 30, ik_pos_tol: float = 0.002,
                  ik_rot_tol: float = math.radians(2.0), start_tol: float = 0.004, max_model_error: float = 0.02,
                  seed: int | None = None):
@@ -262,11 +275,12 @@ class Planner:
         import pybullet_data
 
         self.pb = pb
-        self.mode, self.time_budget, self.simplify_budget = mode, time_budget, simplify_budget
+        self.mode, self.time_budget = mode, time_budget
         self.margin, self.ik_restarts, self.start_tol = margin, ik_restarts, start_tol
         self.max_model_error = max_model_error
         self.ik_pos_tol, self.ik_rot_tol = ik_pos_tol, ik_rot_tol
         self.rng = np.random.default_rng(seed)
+        _seed_ompl(seed)
         self.cid = pb.connect(pb.DIRECT)
         self._held = None  # (pb body, T_hand_obj, root mj body, [mj bodies]) while planning with a held object
         self._tool = []
@@ -880,13 +894,14 @@ class Planner:
         t = time.perf_counter()
         p = ss.getSolutionPath()
         ps = og.PathSimplifier(si)
-        deadline = t + self.simplify_budget
         # shortcutting: connect random pairs of states along the (interpolated) path when the
-        # straight joint-space segment between them is valid, in small batches until the time
-        # budget is spent or a few batches in a row gain nothing
+        # straight joint-space segment between them is valid, in small batches until a few batches
+        # in a row gain nothing. Bounded by a batch count, not by time, so that a seeded planner
+        # gives the same path on every run (data generation must be reproducible).
         ps.reduceVertices(p)
-        idle = 0
-        while time.perf_counter() < deadline and idle < SIMPLIFY_IDLE:
+        idle, batches = 0, 0
+        while idle < SIMPLIFY_IDLE and batches < SIMPLIFY_MAX_BATCHES:
+            batches += 1
             L0 = p.length()
             if p.getStateCount() < SIMPLIFY_POINTS:
                 p.interpolate(SIMPLIFY_POINTS)

@@ -51,7 +51,7 @@ from .. import pose as P
 from ..data import PHASE_CONNECT, PHASE_SKILL
 from ..env import KitTask, Stage, box_geom, register_task, xml_object
 from ..scripted import GRIPPER_CLOSED, GRIPPER_OPEN, Demonstrator, top_down
-from .coffee import (HINGE_LOCAL, HOLDER_HALF_HEIGHT, LID_HALF_SIZE, POD_HALF_HEIGHT, CoffeeMixin,
+from .coffee import (HINGE_LOCAL, HOLDER_HALF_HEIGHT, LID_HALF_SIZE, LID_LOCAL, POD_HALF_HEIGHT, CoffeeMixin,
                      make_machine, make_pod)
 
 DEG = np.pi / 180
@@ -247,7 +247,17 @@ class CoffeePreparation_D2(CoffeeMixin, KitTask):
 PLATE_TOP_LOCAL = -0.1005  # base-plate top in the machine frame
 MACHINE_ORIGIN_Z = TABLE_TOP + 0.1105  # machine origin height when it stands on the table
 LID_PINCH_LOCAL = np.array([0.0, LID_HALF_SIZE[1] - 0.016, 0.0])  # pinch point in the lid frame
-NEUTRAL_YAW = 0.4  # top_down yaw around which the wrist has the most room (joint 7 range)
+ROBOT_BASE_XY = np.array([-0.56, 0.0])
+# top_down yaw with joint 7 mid-range when joint 1 points the arm at +x (measured: yaw = 45° - q7
+# at the home posture); the arm's azimuth toward the target adds to it. Joint 7 spans ±166°
+# around it, so choosing the member of a symmetric grasp's yaw family nearest to this centre
+# keeps the wrist away from its limit.
+WRIST_CENTER_YAW = 45 * DEG
+
+
+def _wrist_center(pos) -> float:
+    d = np.asarray(pos[:2], float) - ROBOT_BASE_XY
+    return WRIST_CENTER_YAW + float(np.arctan2(d[1], d[0]))
 
 
 def _grip(close_dir: float) -> np.ndarray:
@@ -271,6 +281,53 @@ def _wrap(a: float) -> float:
     return float((a + np.pi) % (2 * np.pi) - np.pi)
 
 
+def _planner(d):
+    """The env's motion planner (built once per env, shared with `Demonstrator.connect`)."""
+    pl = getattr(d.env, "_kit_planner", None)
+    if pl is None:
+        from ..planner import Planner
+        pl = d.env._kit_planner = Planner(d.env, seed=0)
+    return pl
+
+
+def _connect(d, target, gripper=None, held=None, speed=1.0, pos_tol=0.006, rot_tol=0.05, **move_kw) -> bool:
+    """Free-space move along a collision-free joint-space plan (no wrist-limit or reach traps of
+    straight Cartesian servoing); if planning fails, a plain servo move to the same target."""
+    if d.failed:
+        return False
+    if gripper is not None:
+        d.gripper = gripper
+    pl = _planner(d)
+    plan = pl.plan(d.env, target, held=held)
+    if plan.success:
+        res = pl.execute(d.env, plan, d.gripper, step_fn=d.step, speed=speed, pos_tol=pos_tol, rot_tol=rot_tol)
+        if res.success:
+            return True
+    return d.move(target, speed=speed, pos_tol=pos_tol, rot_tol=max(rot_tol, 0.05), **move_kw)
+
+
+def _pick_yaw(d, candidates, pos_fn):
+    """Among equivalent gripper rotations, the one whose IK solution (seeded from the current
+    joints, then chained through the later poses `pos_fn(R)` returns) moves the joints least."""
+    pl = _planner(d)
+    pl.sync(d.env)
+    q0 = pl._q_now.copy()
+    best, best_cost = candidates[0], np.inf
+    for R in candidates:
+        q, cost = q0, 0.0
+        for T in pos_fn(R):
+            qn = pl.ik(T, q_seed=q, check_collision=False)
+            if qn is None:
+                cost = np.inf
+                break
+            margin = min(qn[6] - pl.q_lo[6], pl.q_hi[6] - qn[6])
+            cost += float(np.sum(pl._W * np.abs(qn - q))) + (2.0 if margin < 0.3 else 0.0)
+            q = qn
+        if cost < best_cost:
+            best, best_cost = R, cost
+    return best
+
+
 def _rot_x(a: float) -> np.ndarray:
     c, s = np.cos(a), np.sin(a)
     return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
@@ -280,9 +337,13 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
     """Mug by its handle onto the base plate, lid flipped open by pinching its sides and carrying
     the pinch point along the hinge arc, drawer pulled by its handle, pod from the drawer into the
     holder, lid pinched and carried back closed. Targets are computed in the frame of each stage's
-    reference object from privileged poses, closed loop where an object is carried."""
+    reference object from privileged poses, closed loop where an object is carried. Free-space
+    moves (each stage's connect, the approaches to the lid) follow motion-planner paths; of the two
+    equivalent gripper yaws of each symmetric grasp, the one the joints reach with least motion and
+    joint 7 away from its limits is used."""
     d = Demonstrator(env, rng, record=record).start(seed)
     raw = env.raw
+    _planner(d).rng = np.random.default_rng(seed)  # IK restarts: reproducible per seed
     M = raw.object_pose("machine")
     m_yaw = _yaw_of(M)
     mach = lambda local: (M @ np.append(np.asarray(local, float), 1.0))[:3]  # noqa: E731
@@ -292,121 +353,125 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
         if not d.failed:
             d.failed = msg
 
+    R_mug = M[:3, :3] @ P.axisangle_to_mat([0, 0, np.pi])  # placed: handle (mug -y) along machine +y
+    y_place = MUG_PLATE_LOCAL_Y + rng.uniform(-0.004, 0.004)
+    carry_h = 0.235 + rng.uniform(0.0, 0.02)  # mug bottom above the plate top while carried in
+
+    def mug_target(G, y, h):
+        return P.make_pose(mach([0.0, y, PLATE_TOP_LOCAL + MUG_HALF_H + h]), R_mug) @ G
+
     # ---- stage 0: grasp the mug by its handle (fingers across the handle, along mug x) and lift
     mug = raw.object_pose("mug")
     psi = _yaw_of(mug)
-    delta = _wrap(m_yaw + np.pi - psi)  # rotation that turns the handle toward the machine's front
-    g0 = _near(psi - np.pi / 2, NEUTRAL_YAW - delta / 2)
-    R0 = top_down(g0)
     grasp_local = MUG_GRASP_LOCAL + [0, rng.uniform(-0.002, 0.002), rng.uniform(-0.003, 0.003)]
     grasp = (mug @ np.append(grasp_local, 1.0))[:3]
+    pre_h = rng.uniform(0.07, 0.09)
+
+    def mug_poses(R):  # pre-grasp, grasp, then the placing poses with this grasp
+        G = P.pose_inv(mug) @ P.make_pose(grasp, R)
+        return [P.make_pose(grasp + [0, 0, pre_h], R), P.make_pose(grasp, R),
+                mug_target(G, 0.195, carry_h), mug_target(G, y_place, 0.0)]
+
+    R0 = _pick_yaw(d, [top_down(psi - np.pi / 2), top_down(psi + np.pi / 2)], mug_poses)
     d.label(0, PHASE_CONNECT)
-    d.move(P.make_pose(grasp + [0, 0, rng.uniform(0.07, 0.09)], R0), GRIPPER_OPEN, max_steps=150,
-           speed=rng.uniform(0.7, 1.0), pos_tol=0.005, rot_tol=0.08)
+    _connect(d, mug_poses(R0)[0], GRIPPER_OPEN, speed=rng.uniform(0.8, 1.0), max_steps=150)
     d.label(0, PHASE_SKILL)
     grasp = (raw.object_pose("mug") @ np.append(grasp_local, 1.0))[:3]
-    d.move(P.make_pose(grasp, R0), speed=rng.uniform(0.4, 0.6), max_steps=60)
-    d.actuate(GRIPPER_CLOSED, steps=10)
-    d.move(P.make_pose(grasp + [0, 0, rng.uniform(0.09, 0.11)], R0), speed=0.6, max_steps=60, pos_tol=0.01)
+    d.move(P.make_pose(grasp, R0), speed=rng.uniform(0.5, 0.7), max_steps=60)
+    d.actuate(GRIPPER_CLOSED, steps=8)
+    d.move(P.make_pose(grasp + [0, 0, rng.uniform(0.09, 0.11)], R0), speed=0.8, max_steps=60, pos_tol=0.01)
     if not raw.mug_grasped():
         fail("stage 0: mug not grasped")
 
     # ---- stage 1: mug onto the base plate (slid in under the holder), then flip the lid open
     G = P.pose_inv(raw.object_pose("mug")) @ raw.eef_pose()  # grasp, measured
-    R_mug = M[:3, :3] @ P.axisangle_to_mat([0, 0, np.pi])  # handle (mug -y) along machine +y
-    y_place = MUG_PLATE_LOCAL_Y + rng.uniform(-0.004, 0.004)
-
-    def mug_target(y, h):
-        return P.make_pose(mach([0.0, y, PLATE_TOP_LOCAL + MUG_HALF_H + h]), R_mug) @ G
-
-    # Carry the mug above the machine's top (1.02 m) so the path never sweeps through the body.
-    carry_h = 0.235 + rng.uniform(0.0, 0.02)  # mug bottom above the plate top
     d.label(1, PHASE_CONNECT)
-    lift = carry_h + PLATE_TOP_LOCAL + MACHINE_ORIGIN_Z - (raw.object_pose("mug")[2, 3] - MUG_HALF_H)
-    eef = raw.eef_pose()
-    d.move(P.make_pose(eef[:3, 3] + [0, 0, max(lift, 0.0)], eef[:3, :3]), speed=0.8, max_steps=60, pos_tol=0.01,
-           rot_tol=0.2)
-    d.move(mug_target(0.195, carry_h), speed=rng.uniform(0.6, 0.9), max_steps=200, pos_tol=0.006, rot_tol=0.08)
+    # The planner keeps the carried mug clear of the machine (its top is at ~1.02 m).
+    _connect(d, mug_target(G, 0.195, carry_h), held="mug", speed=rng.uniform(0.7, 0.9), max_steps=200)
     d.label(1, PHASE_SKILL)
-    d.move(mug_target(0.195, 0.008), speed=0.5, max_steps=80, pos_tol=0.004)
-    d.move(mug_target(y_place, 0.008), speed=0.4, max_steps=80, pos_tol=0.004)
-    d.move(mug_target(y_place, -0.008), speed=0.3, max_steps=30, pos_tol=0.006, until=raw.mug_on_plate)
-    d.actuate(GRIPPER_OPEN, steps=8)
+    d.move(mug_target(G, 0.195, 0.04), speed=0.8, max_steps=60, pos_tol=0.01)
+    d.move(mug_target(G, 0.195, 0.008), speed=0.4, max_steps=40, pos_tol=0.005)
+    d.move(mug_target(G, y_place, 0.008), speed=0.4, max_steps=80, pos_tol=0.006)
+    d.move(mug_target(G, y_place, -0.008), speed=0.3, max_steps=30, pos_tol=0.006, until=raw.mug_on_plate)
+    d.actuate(GRIPPER_OPEN, steps=6)
     eef = raw.eef_pose()
-    d.move(P.make_pose(eef[:3, 3] + mdir([0, 0.05, 0]) + [0, 0, 0.03], eef[:3, :3]), speed=0.5, max_steps=40,
+    d.move(P.make_pose(eef[:3, 3] + mdir([0, 0.05, 0]) + [0, 0, 0.03], eef[:3, :3]), speed=0.8, max_steps=40,
            pos_tol=0.01)
     if not raw.mug_placed():
         fail("stage 1: mug not placed upright on the base plate")
     _lid_move(d, raw, rng, M, 0.0, rng.uniform(110, 116) * DEG, open_after=True)
-    d.hold(6)
+    d.hold(2)
     if not raw.mug_placed_lid_open():
         fail(f"stage 1: lid not open ({raw.lid_angle():.2f} rad)")
 
     # ---- stage 2: pull the drawer open by its handle bar (fingers close along the pull direction)
     C = raw.object_pose("drawer")
     pull = C[:3, :3] @ np.array([0.0, -1.0, 0.0])
-    Rd = _grip(_near(np.arctan2(pull[1], pull[0]), _td_yaw(raw.eef_pose()[:3, :3]) + np.pi / 2))
     handle = raw.drawer_handle()
+    target_slide = rng.uniform(-0.197, -0.194)  # the cavity posts stop the drawer at ~-0.198
+    pre_h = rng.uniform(0.07, 0.09)
+    a = np.arctan2(pull[1], pull[0])
+    Rd = _pick_yaw(d, [_grip(a), _grip(a + np.pi)], lambda R: [
+        P.make_pose(handle + [0, 0, pre_h], R), P.make_pose(handle - pull * target_slide, R)])
     d.label(2, PHASE_CONNECT)
-    d.move(P.make_pose(handle + [0, 0, rng.uniform(0.07, 0.09)], Rd), speed=rng.uniform(0.7, 1.0), max_steps=200,
-           pos_tol=0.005, rot_tol=0.08)
+    _connect(d, P.make_pose(handle + [0, 0, pre_h], Rd), GRIPPER_OPEN, speed=rng.uniform(0.8, 1.0), max_steps=150)
     d.label(2, PHASE_SKILL)
     # Fully open fingers would touch the drawer front: half-close them (the gripper command
     # integrates its sign, 0 holds) and centre the fingers a little in front of the bar.
     d.actuate(GRIPPER_CLOSED, steps=2)
     off = pull * rng.uniform(0.008, 0.012)
-    d.move(P.make_pose(handle + off + [0, 0, rng.uniform(-0.003, 0.0)], Rd), 0.0, speed=0.5, max_steps=60,
+    d.move(P.make_pose(handle + off + [0, 0, rng.uniform(-0.003, 0.0)], Rd), 0.0, speed=0.6, max_steps=60,
            pos_tol=0.008)
     d.actuate(GRIPPER_CLOSED, steps=8)
-    target_slide = rng.uniform(-0.197, -0.194)  # the cavity posts stop the drawer at ~-0.198
-    d.move(P.make_pose(raw.eef_pose()[:3, 3] + pull * (-target_slide + 0.05), Rd), speed=0.4, max_steps=150,
+    d.move(P.make_pose(raw.eef_pose()[:3, 3] + pull * (-target_slide + 0.05), Rd), speed=1.0, max_steps=150,
            until=lambda: raw.drawer_slide() < target_slide)
-    d.actuate(GRIPPER_OPEN, steps=6)
+    d.actuate(GRIPPER_OPEN, steps=5)
     eef = raw.eef_pose()
-    d.move(P.make_pose(eef[:3, 3] + [0, 0, 0.06], Rd), speed=0.6, max_steps=40, pos_tol=0.01)
+    d.move(P.make_pose(eef[:3, 3] + [0, 0, 0.06], Rd), speed=1.0, max_steps=40, pos_tol=0.015)
     if not raw.drawer_open():
         fail("stage 2: drawer not open")
 
     # ---- stage 3: grasp the pod in the drawer (fingers along the cabinet's x axis) and lift it
     pod = raw.pod_pos()
-    Rp = _grip(_near(_yaw_of(C), _td_yaw(raw.eef_pose()[:3, :3]) + np.pi / 2))
+    holder = raw.holder_center()
+    pre_h, travel = rng.uniform(0.07, 0.09), rng.uniform(0.11, 0.13)
+    Rp = _pick_yaw(d, [_grip(_yaw_of(C)), _grip(_yaw_of(C) + np.pi)], lambda R: [
+        P.make_pose(pod + [0, 0, pre_h], R), P.make_pose(pod, R)])
     d.label(3, PHASE_CONNECT)
-    d.move(P.make_pose(pod + [0, 0, rng.uniform(0.07, 0.09)], Rp), speed=rng.uniform(0.7, 1.0), max_steps=150,
-           pos_tol=0.005, rot_tol=0.08)
+    _connect(d, P.make_pose(pod + [0, 0, pre_h], Rp), GRIPPER_OPEN, speed=rng.uniform(0.8, 1.0), max_steps=150)
     d.label(3, PHASE_SKILL)
     pod = raw.pod_pos()
-    d.move(P.make_pose(pod + [0, 0, rng.uniform(-0.002, 0.003)], Rp), speed=0.5, max_steps=60)
-    d.actuate(GRIPPER_CLOSED, steps=10)
-    d.move(P.make_pose(pod + [0, 0, rng.uniform(0.10, 0.12)], Rp), speed=0.6, max_steps=60, pos_tol=0.01)
+    d.move(P.make_pose(pod + [0, 0, rng.uniform(-0.002, 0.003)], Rp), speed=0.6, max_steps=60)
+    d.actuate(GRIPPER_CLOSED, steps=8)
+    d.move(P.make_pose(pod + [0, 0, rng.uniform(0.10, 0.12)], Rp), speed=1.0, max_steps=60, pos_tol=0.015)
     if not raw.pod_grasped():
         fail("stage 3: pod not grasped")
 
     # ---- stage 4: pod into the holder (fingers along machine x), then carry the lid back closed
-    Ri = _grip(_near(m_yaw, _td_yaw(raw.eef_pose()[:3, :3]) + np.pi / 2))
-    holder = raw.holder_center()
-
     def above_holder(h):
         def target():
             eef = raw.eef_pose()[:3, 3]
             return P.make_pose(np.r_[eef[:2] + holder[:2] - raw.pod_pos()[:2], holder[2] + h], Ri)
         return target
 
+    off = raw.eef_pose()[:3, 3] - raw.pod_pos()  # pod in the hand, measured
+    Ri = _pick_yaw(d, [_grip(m_yaw), _grip(m_yaw + np.pi)], lambda R: [
+        P.make_pose(np.r_[holder[:2] + off[:2], holder[2] + travel], R)])
     d.label(4, PHASE_CONNECT)
-    travel = rng.uniform(0.11, 0.13)
-    d.move(P.make_pose(raw.eef_pose()[:3, 3] * [1, 1, 0] + [0, 0, holder[2] + travel], Ri), speed=0.8,
-           max_steps=60, pos_tol=0.02, rot_tol=0.2)
-    d.track(above_holder(travel), max_steps=150, speed=rng.uniform(0.7, 1.0))
+    _connect(d, P.make_pose(np.r_[holder[:2] + off[:2], holder[2] + travel], Ri), held="pod",
+             speed=rng.uniform(0.8, 1.0), max_steps=150)
+    d.track(above_holder(travel), max_steps=40, speed=0.6, pos_tol=0.004)
     d.label(4, PHASE_SKILL)
-    d.track(above_holder(HOLDER_HALF_HEIGHT + 0.025), max_steps=60, speed=0.4)
+    d.track(above_holder(HOLDER_HALF_HEIGHT + 0.025), max_steps=60, speed=0.5)
     d.track(above_holder(HOLDER_HALF_HEIGHT + 0.011 + rng.uniform(0.004, 0.007)), max_steps=60, speed=0.2)
-    d.actuate(GRIPPER_OPEN, steps=8)
+    d.actuate(GRIPPER_OPEN, steps=6)
     eef = raw.eef_pose()
-    d.move(P.make_pose(eef[:3, 3] + [0, 0, 0.05], Ri), speed=0.5, max_steps=40, pos_tol=0.01)
+    d.move(P.make_pose(eef[:3, 3] + [0, 0, 0.05], Ri), speed=1.0, max_steps=40, pos_tol=0.01)
     if not raw.pod_in_holder():
         fail("stage 4: pod not in the holder")
     _lid_move(d, raw, rng, M, raw.lid_angle(), rng.uniform(-2, 1) * DEG, open_after=True,
               until=raw._check_success)
-    d.hold(5)
+    d.hold(2)
     if not raw._check_success():
         fail("stage 4: not successful at the end")
     return d
@@ -414,29 +479,38 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
 
 def _lid_move(d, raw, rng, M, theta_from, theta_to, open_after=True, until=None):
     """Pinch the lid's sides near its free edge (fingers along the hinge axis) and carry the pinch
-    point along its circle about the hinge from `theta_from` to `theta_to`; the gripper stays top
-    down, so the lid turns between the finger pads."""
+    point along its circle about the hinge from `theta_from` to `theta_to`, closed loop on the
+    hinge angle; the gripper stays top down, so the lid turns between the finger pads."""
     if d.failed:
         return
     mach = lambda local: (M @ np.append(np.asarray(local, float), 1.0))[:3]  # noqa: E731
-    R = _grip(_near(_yaw_of(M), _td_yaw(raw.eef_pose()[:3, :3]) + np.pi / 2))
-    from .coffee import LID_LOCAL
     rel0 = LID_LOCAL + LID_PINCH_LOCAL - HINGE_LOCAL  # pinch point relative to the hinge, lid closed
 
     def point(theta):
         return mach(HINGE_LOCAL + _rot_x(theta) @ rel0)
 
     start = point(theta_from)
-    d.move(P.make_pose(start + [0, 0, rng.uniform(0.06, 0.08)], R), GRIPPER_OPEN, speed=rng.uniform(0.6, 0.9),
-           max_steps=150, pos_tol=0.005, rot_tol=0.08)
-    d.move(P.make_pose(start, R), speed=0.4, max_steps=60, pos_tol=0.004)
-    d.actuate(GRIPPER_CLOSED, steps=10)
-    n = max(2, int(abs(theta_to - theta_from) / (8 * DEG)))
-    for th in np.linspace(theta_from, theta_to, n + 1)[1:]:
-        d.move(P.make_pose(point(th), R), speed=0.5, max_steps=30, pos_tol=0.008, rot_tol=0.2, until=until)
-        if until is not None and until():
-            break
+    pre = start + [0, 0, rng.uniform(0.06, 0.08)]
+    m_yaw = _yaw_of(M)
+    R = _pick_yaw(d, [_grip(m_yaw), _grip(m_yaw + np.pi)], lambda R: [
+        P.make_pose(pre, R), P.make_pose(start, R), P.make_pose(point((theta_from + theta_to) / 2), R),
+        P.make_pose(point(theta_to), R)])
+    _connect(d, P.make_pose(pre, R), GRIPPER_OPEN, speed=rng.uniform(0.8, 1.0), max_steps=150)
+    d.move(P.make_pose(start, R), speed=0.6, max_steps=60, pos_tol=0.004)
+    d.actuate(GRIPPER_CLOSED, steps=8)
+    # Aim a fixed angle ahead of the lid's current angle along the arc.
+    sgn, lead = np.sign(theta_to - theta_from), rng.uniform(18, 22) * DEG
+    lo, hi = min(theta_from, theta_to), max(theta_from, theta_to)
+
+    end = point(theta_to)
+
+    def reached():  # the lid lags the fingers a few degrees: stop at the arc's end point
+        return (sgn * (raw.lid_angle() - theta_to) >= -2 * DEG or np.linalg.norm(raw.eef_pose()[:3, 3] - end) < 0.006
+                or (until is not None and until()))
+
+    d.track(lambda: P.make_pose(point(float(np.clip(raw.lid_angle() + sgn * lead, lo, hi))), R), max_steps=100,
+            speed=0.6, until=reached)
     if open_after:
-        d.actuate(GRIPPER_OPEN, steps=8)
+        d.actuate(GRIPPER_OPEN, steps=6)
         eef = raw.eef_pose()
-        d.move(P.make_pose(eef[:3, 3] + [0, 0, 0.10], R), speed=0.5, max_steps=40, pos_tol=0.01)
+        d.move(P.make_pose(eef[:3, 3] + [0, 0, 0.07], R), speed=1.0, max_steps=40, pos_tol=0.015, rot_tol=0.2)
