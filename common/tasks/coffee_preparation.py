@@ -306,25 +306,28 @@ def _connect(d, target, gripper=None, held=None, speed=1.0, pos_tol=0.006, rot_t
     return d.move(target, speed=speed, pos_tol=pos_tol, rot_tol=max(rot_tol, 0.05), **move_kw)
 
 
-def _pick_yaw(d, candidates, pos_fn):
-    """Among equivalent gripper rotations, the one whose IK solution (seeded from the current
-    joints, then chained through the later poses `pos_fn(R)` returns) moves the joints least."""
+def _pick_yaw(d, candidates, pos_fn, bias=None):
+    """Among equivalent gripper rotations (or grasp choices), the one whose IK solutions (seeded
+    from the current joints, then chained through the poses `pos_fn(c)` returns) move the joints
+    least and keep joint 7 away from its limits; `bias(c)` adds a preference cost."""
+    if d.failed:
+        return candidates[0]
     pl = _planner(d)
     pl.sync(d.env)
     q0 = pl._q_now.copy()
     best, best_cost = candidates[0], np.inf
-    for R in candidates:
-        q, cost = q0, 0.0
-        for T in pos_fn(R):
+    for c in candidates:
+        q, cost = q0, 0.0 if bias is None else bias(c)
+        for T in pos_fn(c):
             qn = pl.ik(T, q_seed=q, check_collision=False)
             if qn is None:
                 cost = np.inf
                 break
             margin = min(qn[6] - pl.q_lo[6], pl.q_hi[6] - qn[6])
-            cost += float(np.sum(pl._W * np.abs(qn - q))) + (2.0 if margin < 0.3 else 0.0)
+            cost += float(np.sum(pl._W * np.abs(qn - q))) + (5.0 if margin < 0.25 else 0.0)
             q = qn
         if cost < best_cost:
-            best, best_cost = R, cost
+            best, best_cost = c, cost
     return best
 
 
@@ -353,12 +356,14 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
         if not d.failed:
             d.failed = msg
 
-    R_mug = M[:3, :3] @ P.axisangle_to_mat([0, 0, np.pi])  # placed: handle (mug -y) along machine +y
     y_place = MUG_PLATE_LOCAL_Y + rng.uniform(-0.004, 0.004)
     carry_h = 0.235 + rng.uniform(0.0, 0.02)  # mug bottom above the plate top while carried in
 
-    def mug_target(G, y, h):
-        return P.make_pose(mach([0.0, y, PLATE_TOP_LOCAL + MUG_HALF_H + h]), R_mug) @ G
+    def R_mug(beta):  # placed: handle (mug -y) along machine +y, turned by beta
+        return M[:3, :3] @ P.axisangle_to_mat([0, 0, np.pi + beta])
+
+    def mug_target(G, beta, y, h):
+        return P.make_pose(mach([0.0, y, PLATE_TOP_LOCAL + MUG_HALF_H + h]), R_mug(beta)) @ G
 
     # ---- stage 0: grasp the mug by its handle (fingers across the handle, along mug x) and lift
     mug = raw.object_pose("mug")
@@ -367,32 +372,39 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
     grasp = (mug @ np.append(grasp_local, 1.0))[:3]
     pre_h = rng.uniform(0.07, 0.09)
 
-    def mug_poses(R):  # pre-grasp, grasp, then the placing poses with this grasp
+    def mug_poses(c):  # pre-grasp, grasp, then the placing poses with this grasp
+        R, beta = c
         G = P.pose_inv(mug) @ P.make_pose(grasp, R)
         return [P.make_pose(grasp + [0, 0, pre_h], R), P.make_pose(grasp, R),
-                mug_target(G, 0.195, carry_h), mug_target(G, y_place, 0.0)]
+                mug_target(G, beta, 0.195, carry_h), mug_target(G, beta, y_place, 0.0)]
 
-    R0 = _pick_yaw(d, [top_down(psi - np.pi / 2), top_down(psi + np.pi / 2)], mug_poses)
+    # The gripper turns with the mug from its yaw on the table to the placed yaw; where that turn
+    # nears 180° and runs joint 7 into a limit, the handle may point up to 30° off the machine's
+    # front (the hand still clears the holder).
+    R0, beta = _pick_yaw(d, [(top_down(psi + k * np.pi / 2), b) for k in (-1, 1) for b in (0.0, 30 * DEG, -30 * DEG)],
+                         mug_poses, bias=lambda c: 10.0 * abs(c[1]))
     d.label(0, PHASE_CONNECT)
-    _connect(d, mug_poses(R0)[0], GRIPPER_OPEN, speed=rng.uniform(0.8, 1.0), max_steps=150)
+    _connect(d, mug_poses((R0, beta))[0], GRIPPER_OPEN, speed=rng.uniform(0.8, 1.0), max_steps=150)
     d.label(0, PHASE_SKILL)
     grasp = (raw.object_pose("mug") @ np.append(grasp_local, 1.0))[:3]
     d.move(P.make_pose(grasp, R0), speed=rng.uniform(0.5, 0.7), max_steps=60)
-    d.actuate(GRIPPER_CLOSED, steps=8)
-    d.move(P.make_pose(grasp + [0, 0, rng.uniform(0.09, 0.11)], R0), speed=0.8, max_steps=60, pos_tol=0.01)
+    d.actuate(GRIPPER_CLOSED, steps=10)
+    d.move(P.make_pose(grasp + [0, 0, rng.uniform(0.09, 0.11)], R0), speed=0.6, max_steps=60, pos_tol=0.01)
     if not raw.mug_grasped():
         fail("stage 0: mug not grasped")
 
     # ---- stage 1: mug onto the base plate (slid in under the holder), then flip the lid open
     G = P.pose_inv(raw.object_pose("mug")) @ raw.eef_pose()  # grasp, measured
+
     d.label(1, PHASE_CONNECT)
     # The planner keeps the carried mug clear of the machine (its top is at ~1.02 m).
-    _connect(d, mug_target(G, 0.195, carry_h), held="mug", speed=rng.uniform(0.7, 0.9), max_steps=200)
+    _connect(d, mug_target(G, beta, 0.195, carry_h), held="mug", speed=rng.uniform(0.7, 0.9), max_steps=200)
     d.label(1, PHASE_SKILL)
-    d.move(mug_target(G, 0.195, 0.04), speed=0.8, max_steps=60, pos_tol=0.01)
-    d.move(mug_target(G, 0.195, 0.008), speed=0.4, max_steps=40, pos_tol=0.005)
-    d.move(mug_target(G, y_place, 0.008), speed=0.4, max_steps=80, pos_tol=0.006)
-    d.move(mug_target(G, y_place, -0.008), speed=0.3, max_steps=30, pos_tol=0.006, until=raw.mug_on_plate)
+    G = P.pose_inv(raw.object_pose("mug")) @ raw.eef_pose()  # re-measured: the mug may swing in the grasp
+    d.move(mug_target(G, beta, 0.195, 0.04), speed=0.8, max_steps=60, pos_tol=0.01)
+    d.move(mug_target(G, beta, 0.195, 0.008), speed=0.4, max_steps=40, pos_tol=0.005)
+    d.move(mug_target(G, beta, y_place, 0.008), speed=0.4, max_steps=80, pos_tol=0.006)
+    d.move(mug_target(G, beta, y_place, -0.008), speed=0.3, max_steps=30, pos_tol=0.006, until=raw.mug_on_plate)
     d.actuate(GRIPPER_OPEN, steps=6)
     eef = raw.eef_pose()
     d.move(P.make_pose(eef[:3, 3] + mdir([0, 0.05, 0]) + [0, 0, 0.03], eef[:3, :3]), speed=0.8, max_steps=40,
@@ -464,9 +476,9 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
     d.label(4, PHASE_SKILL)
     d.track(above_holder(HOLDER_HALF_HEIGHT + 0.025), max_steps=60, speed=0.5)
     d.track(above_holder(HOLDER_HALF_HEIGHT + 0.011 + rng.uniform(0.004, 0.007)), max_steps=60, speed=0.2)
-    d.actuate(GRIPPER_OPEN, steps=6)
+    d.actuate(GRIPPER_OPEN, steps=8)
     eef = raw.eef_pose()
-    d.move(P.make_pose(eef[:3, 3] + [0, 0, 0.05], Ri), speed=1.0, max_steps=40, pos_tol=0.01)
+    d.move(P.make_pose(eef[:3, 3] + [0, 0, 0.05], Ri), speed=0.6, max_steps=40, pos_tol=0.01)
     if not raw.pod_in_holder():
         fail("stage 4: pod not in the holder")
     _lid_move(d, raw, rng, M, raw.lid_angle(), rng.uniform(-2, 1) * DEG, open_after=True,
