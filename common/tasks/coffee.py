@@ -114,15 +114,10 @@ def pod_body_xml() -> str:
 
 
 def make_machine(name: str = "machine", with_cup: bool = True):
-    """The machine as a robosuite object whose joints[0] is its free joint (KitTask resets joints[0]).
-
-    robosuite lists joints depth first, and appends the free joint after the lid body, so the lid
-    hinge would come first; reorder.
-    """
-    obj = xml_object(name, machine_body_xml(with_cup), horizontal_radius=MACHINE_HORIZONTAL_RADIUS,
-                     bottom=-MACHINE_HALF_SIZE[2], top=MACHINE_HALF_SIZE[2])
-    obj._joints.sort(key=lambda j: j == "lid_hinge")
-    return obj
+    """The machine as one free robosuite object with its hinged lid (KitTask places objects by
+    their free joint, whatever the joint order)."""
+    return xml_object(name, machine_body_xml(with_cup), horizontal_radius=MACHINE_HORIZONTAL_RADIUS,
+                      bottom=-MACHINE_HALF_SIZE[2], top=MACHINE_HALF_SIZE[2])
 
 
 def make_pod(name: str = "pod"):
