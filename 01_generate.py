@@ -282,15 +282,16 @@ def generate(args, preset, out_dir: str, source_path: str) -> dict:
                     D.write_part(pdir, f"w{int(a['worker'])}_{int(a['attempt']):07d}", D.load_demo(f, k))
     have = sum(min(len(D.list_parts(pdir, f"w{w}_")), targets[w]) for w in range(args.workers))
 
-    queue = mp.get_context("spawn").Queue()
+    # fork on Linux (workers inherit this module even when it was loaded by importlib, as the tests
+    # and benchmarks do; every worker builds its own env, planner and renderer after the fork).
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    queue = ctx.Queue()
     t0 = time.time()
     if args.workers == 1:  # in-process thread: simplest to debug and to interrupt
         import threading
         procs = [threading.Thread(target=generate_worker, daemon=True,
                                   args=(0, targets[0], args, out_path, source_path, queue))]
     else:
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
         procs = [ctx.Process(target=generate_worker, args=(w, targets[w], args, out_path, source_path, queue))
                  for w in range(args.workers)]
     for p in procs:

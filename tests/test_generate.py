@@ -107,3 +107,18 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         generate.main(["--task", "Threading_D2", "--source", str(bad), "--out", str(tmp_path), "--num-demos", "0"])
     with pytest.raises(D.DataError, match="does not exist"):
         generate.main(["--task", "Threading_D2", "--source", str(tmp_path / "none.hdf5"), "--out", str(tmp_path)])
+
+
+def test_two_workers_write_disjoint_shards_merged_in_one_file(generated, tmp_path):
+    task = "Threading_D2"
+    out, _ = generated(task)
+    two = tmp_path / "two"
+    os.makedirs(two / task)
+    shutil.copy(out / task / "source.hdf5", two / task / "source.hdf5")
+    summary = generate.main(["--task", task, "--num-demos", "2", "--workers", "2", "--out", str(two),
+                             "--max-attempts", "60"])
+    demos, _ = D.load_all(os.path.join(two, task, "generated.hdf5"), task=task)
+    assert summary["generation"]["num_demos"] == 2
+    assert sorted(int(d["attrs"]["worker"]) for d in demos) == [0, 1]
+    assert len({int(d["attrs"]["seed"]) for d in demos}) == 2
+    assert not os.path.exists(D.parts_dir(os.path.join(two, task, "generated.hdf5")))
