@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/setup.sh
 TASK="${1:-Threading_D2}"
-python 01_generate.py --task "$TASK" --preset quick --source scripted
+python 01_generate.py --task "$TASK" --preset quick --source scripted --workers 2

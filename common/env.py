@@ -149,6 +149,7 @@ class KitTask(ManipulationEnv):
     table_friction = (1.0, 5e-3, 1e-4)
     # D2 placement ranges, documented per task: {object: dict(x=(lo, hi), y=(lo, hi), yaw=(lo, hi))}
     placement: dict = {}
+    composite_sampler = SequentialCompositeSampler  # a task may add rejection rules in a subclass
 
     def __init__(self, robots="Panda", controller_configs=None, fast_render=True, camera_names="agentview",
                  camera_heights=IMAGE_SIZE, camera_widths=IMAGE_SIZE, use_camera_obs=False,
@@ -175,7 +176,7 @@ class KitTask(ManipulationEnv):
 
     def _make_placement(self):
         """Default: one UniformRandomSampler per object in `self.placement`, in insertion order."""
-        sampler = SequentialCompositeSampler(name="placement")
+        sampler = self.composite_sampler(name="placement")
         for name, spec in self.placement.items():
             sampler.append_sampler(uniform_sampler(
                 f"{name}_sampler", self.objects[name], spec["x"], spec["y"], spec["yaw"],

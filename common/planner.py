@@ -559,17 +559,10 @@ class Planner:
         """Smallest distance (m) between robot/held object and the scene at joints q, capped at
         `margin` (any value >= margin means "at least margin"); -inf on robot self-collision or
         held object vs arm collision."""
-        pb, cid = self.pb, self.cid
-        self._set_q(q)
-        pb.performCollisionDetection(physicsClientId=cid)
         best = self.margin
-        scene = self._scene_ids
-        for c in pb.getContactPoints(physicsClientId=cid):
-            a, b, dist = c[1], c[2], c[8]
-            if a in scene or b in scene:
-                dd = dist + self.margin
-                if dd < best:
-                    best = dd
+        for key, dist in self._contacts(q):
+            if key is not None:
+                best = min(best, dist + self.margin)
             elif dist < -0.001:  # robot self-collision or held object vs arm
                 return -math.inf
         return best
@@ -577,40 +570,41 @@ class Planner:
     def _scene_contacts(self, q):
         """{(robot or held body, its link, scene body, its link): clearance} for the scene pairs closer than
         `margin` at q, or None on robot self-collision / held object vs arm collision."""
+        out = {}
+        for key, dist in self._contacts(q):
+            if key is None:
+                if dist < -0.001:
+                    return None
+                continue
+            out[key] = min(out.get(key, math.inf), dist + self.margin)
+        return out
+
+    def _contacts(self, q):
+        """Set the arm to q and yield (key, distance) for every pybullet contact: key =
+        (robot body, link, scene body, scene link) for robot/held-object vs scene pairs, None for
+        self-collision and held-object vs arm pairs."""
         pb, cid, scene = self.pb, self.cid, self._scene_ids
         self._set_q(q)
         pb.performCollisionDetection(physicsClientId=cid)
-        out = {}
         for c in pb.getContactPoints(physicsClientId=cid):
             if c[1] in scene:
-                key = (c[2], c[4], c[1], c[3])
+                yield (c[2], c[4], c[1], c[3]), c[8]
             elif c[2] in scene:
-                key = (c[1], c[3], c[2], c[4])
+                yield (c[1], c[3], c[2], c[4]), c[8]
             else:
-                if c[8] < -0.001:
-                    return None
-                continue
-            out[key] = min(out.get(key, math.inf), c[8] + self.margin)
-        return out
+                yield None, c[8]
 
     def _validity(self, thr: float, pair_thr: dict):
         """State validity: every scene pair's clearance above its threshold (pair_thr, else thr),
         no self-collision, no held-object/arm collision."""
-        pb, cid, scene, margin = self.pb, self.cid, self._scene_ids, self.margin
+        margin = self.margin
 
         def valid(q) -> bool:
-            self._set_q(q)
-            pb.performCollisionDetection(physicsClientId=cid)
-            for c in pb.getContactPoints(physicsClientId=cid):
-                if c[1] in scene:
-                    key = (c[2], c[4], c[1], c[3])
-                elif c[2] in scene:
-                    key = (c[1], c[3], c[2], c[4])
-                else:
-                    if c[8] < -0.001:
+            for key, dist in self._contacts(q):
+                if key is None:
+                    if dist < -0.001:
                         return False
-                    continue
-                if c[8] + margin <= pair_thr.get(key, thr):
+                elif dist + margin <= pair_thr.get(key, thr):
                     return False
             return True
         return valid

@@ -26,7 +26,7 @@ from robosuite.utils.errors import RandomizationError
 
 from .. import pose as P
 from ..data import PHASE_CONNECT, PHASE_SKILL
-from ..env import KitTask, Stage, box_geom, register_task, uniform_sampler, xml_object
+from ..env import KitTask, Stage, box_geom, register_task, xml_object
 from ..scripted import GRIPPER_CLOSED, GRIPPER_OPEN, Demonstrator, top_down
 
 TABLE_TOP = 0.82
@@ -93,6 +93,7 @@ class _ClearOfPegsSampler(SequentialCompositeSampler):
 class NutAssembly_D2(KitTask):
     eval_horizon = 500
     table_offset = (0.0, 0.0, TABLE_TOP)
+    composite_sampler = _ClearOfPegsSampler  # re-draws placements whose nut overlaps a peg
     placement = {  # square nut first, as robosuite samples them; see the module docstring
         "square_nut": dict(x=(-0.15, 0.15), y=(0.10, 0.25), yaw=(0.0, 2 * np.pi), z_offset=0.02),
         "round_nut": dict(x=(-0.15, 0.15), y=(-0.25, -0.10), yaw=(0.0, 2 * np.pi), z_offset=0.02),
@@ -112,14 +113,6 @@ class NutAssembly_D2(KitTask):
             "round_nut": xml_object("round_nut", round_nut_xml(), horizontal_radius=NUT_RADIUS,
                                     bottom=-0.05, top=0.025),
         }
-
-    def _make_placement(self):
-        sampler = _ClearOfPegsSampler(name="placement")
-        for name, spec in self.placement.items():
-            sampler.append_sampler(uniform_sampler(
-                f"{name}_sampler", self.objects[name], spec["x"], spec["y"], spec["yaw"],
-                self.table_offset, spec.get("z_offset", 0.0), rng=self.rng))
-        return sampler
 
     def _add_fixtures(self, arena):
         import xml.etree.ElementTree as ET
