@@ -27,6 +27,20 @@ DRQV2 = dict(
     frame_stack=3, shift_pad=4, update_every_steps=2,
 )
 
+# Behaviour cloning of the Hybrid Skill Policy (02_train_hsp.py), robomimic BC-GMM defaults:
+# MLP 1024x1024, 5 Gaussian modes, min std 1e-4, Adam lr 1e-4, batch 100; MimicGen trains its
+# policies for ~200k gradient steps. Image encoder: DrQ-v2 trunk (feature 50, shift pad 4, 3 frames).
+HSP = dict(
+    hidden=[1024, 1024], gmm_modes=5, gmm_min_std=1e-4, lr=1e-4, weight_decay=0.0, batch_size=100,
+    skill_steps=200_000, pose_steps=100_000, termination_steps=100_000,
+    frame_stack=dict(state=1, image=DRQV2["frame_stack"]), feature_dim=DRQV2["feature_dim"],
+    shift_pad=DRQV2["shift_pad"],
+    val_fraction=0.1,  # demos held out for validation losses
+    eval_every=5_000,  # steps between validation evaluations
+    termination_after_steps=10,  # steps after a stage ends still used to train T_θi (positives)
+    termination_pos_weight="balanced",  # BCE positive-class weight: "balanced" (#neg/#pos) or a float
+)
+
 # ---------------------------------------------------------------- run sizes per preset
 PRESETS = {
     "paper": dict(
@@ -35,6 +49,7 @@ PRESETS = {
         eval_rollouts=500,  # Tab. I
         e2e_trajectories=3000,  # App. C-G
         drqv2=DRQV2,
+        hsp=HSP,
     ),
     "quick": dict(
         num_source=10,
@@ -42,6 +57,9 @@ PRESETS = {
         eval_rollouts=20,
         e2e_trajectories=50,
         drqv2=dict(DRQV2, batch_size=64, num_seed_frames=500, hidden_dim=256, num_train_frames=5_000),
+        # smaller nets and far fewer steps; lr 1e-3 so that a few hundred steps learn something
+        hsp=dict(HSP, hidden=[256, 256], lr=1e-3, batch_size=64, skill_steps=2000, pose_steps=1000,
+                 termination_steps=1000, eval_every=200),
     ),
 }
 

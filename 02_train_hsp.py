@@ -1,0 +1,396 @@
+"""Phase 2: behaviour cloning of the Hybrid Skill Policy (Sec. III-C), one set of networks per stage.
+
+From data/<task>/generated.hdf5 (01_generate.py), for every stage i of the task:
+
+- initiation pose predictor I_θi: observation -> end-effector pose (position + 6-D rotation), trained
+  on the *connect-phase* observations of stage i, each labeled with the stage's initiation pose
+  (the pose at its first skill step), so that it can be queried at every connect step to replan;
+- skill policy π_θi: observation -> action, a robomimic-style GMM policy trained on the skill-phase
+  steps of stage i; its deterministic action (`mode()`) is the base action for residual RL;
+- termination classifier T_θi: observation -> P(stage i done), binary cross-entropy (Eq. 3) on the
+  ground-truth `stage_done[:, i]` labels of stage i's skill steps and the few steps after it.
+
+`--obs state`: proprio + object poses (privileged, HSP-Priv) through an MLP. `--obs image`: the
+task's cameras (DrQ-v2 conv trunk each, random-shift augmentation) + proprio, with a history of 3
+frames; the data file must have been generated with `01_generate.py --images`.
+
+Demos are split into train / validation (`val_fraction` of the demos, at least one); validation
+losses are logged beside the training losses. Output in <out>/<task>/:
+hsp.pt (DESIGN.md format), hsp_config.json, hsp_losses.json, hsp_losses.png.
+
+    python 02_train_hsp.py --task Threading_D2 --obs state --preset quick     # about a minute on CPU
+    python 02_train_hsp.py --task Threading_D2 --obs image --preset paper --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import common
+from common import data as D
+from common import pose as P
+from common.env import check_task_name, default_cameras
+from common.hsp_checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.nets import ObsNormalizer, build_stage_models, count_params, rot6d_to_matrix
+from common.presets import IMAGE_SIZE, get_preset
+
+VAL_MAX_ROWS = 4096  # validation rows per network (a fixed random subset of the held-out demos' rows)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="Threading_D2", help=f"one of: {', '.join(sorted(common.TASKS))}")
+    p.add_argument("--obs", default="state", choices=["state", "image"])
+    p.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    p.add_argument("--data", default=None, help="generated HDF5 (default: data/<task>/generated.hdf5)")
+    p.add_argument("--out", default="runs", help="output root; files go to <out>/<task>/")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None,
+                   help="gradient steps for every network (default: preset's skill/pose/termination steps)")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="instead of --steps: passes over each network's training set")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--hidden", type=int, nargs="+", default=None, help="MLP hidden sizes, e.g. 1024 1024")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between validation evaluations")
+    p.add_argument("--val-fraction", type=float, default=None, help="fraction of demos held out (0 = none)")
+    p.add_argument("--max-demos", type=int, default=None, help="use only the first N demos of the file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing hsp.pt even if it is of another obs mode")
+    p.add_argument("--no-tqdm", action="store_true", help="no progress bars (logs one line per evaluation)")
+    args = p.parse_args(argv)
+    check_task_name(args.task)
+    args.data = args.data or os.path.join("data", args.task, "generated.hdf5")
+    return args
+
+
+# ------------------------------------------------------------------------------------------ data
+def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None) -> dict:
+    """Every demo's steps concatenated into flat arrays, plus per-row bookkeeping.
+
+    Rows are time steps; `ep_start[r]` is the row of its episode's first step (for histories),
+    `demo[r]` its demo number, `init_pose` the (n_demos, n_stages, 7) initiation poses.
+    """
+    with D.open_dataset(path, task) as f:
+        keys = D.demo_keys(f)[:max_demos]
+        stages = json.loads(f["data"].attrs["stages"])
+        g0 = f["data"][keys[0]]
+        if obs_mode == "state":
+            low_dim, cameras = ["proprio", "object"], []
+        else:
+            low_dim = ["proprio"]
+            have = [k[: -len("_image")] for k in g0["obs"].keys() if k.endswith("_image")]
+            cameras = [c for c in default_cameras(task) if c in have]
+            missing = [c for c in default_cameras(task) if c not in have]
+            if missing or not cameras:
+                raise D.DataError(f"{path} has no camera images for {', '.join(missing or default_cameras(task))}; "
+                                  f"--obs image needs them: regenerate with `python 01_generate.py --task {task} "
+                                  f"--images`, or train with --obs state")
+        obs_keys = low_dim + [f"{c}_image" for c in cameras]
+        for k in obs_keys:
+            if k not in g0["obs"]:
+                raise D.DataError(f"{path}: {keys[0]} lacks obs/{k} needed by --obs {obs_mode}")
+        cols = {k: [] for k in obs_keys}
+        rest = {k: [] for k in ("actions", "stage", "phase", "stage_done", "demo", "ep_start")}
+        init_pose, row = [], 0
+        for j, k in enumerate(tqdm(keys, desc="loading demos", leave=False)):
+            g = f["data"][k]
+            T = g["actions"].shape[0]
+            for ok in obs_keys:
+                cols[ok].append(g["obs"][ok][()])
+            rest["actions"].append(g["actions"][()].astype(np.float32))
+            rest["stage"].append(g["stage"][()].astype(np.int64))
+            rest["phase"].append(g["phase"][()].astype(np.int64))
+            rest["stage_done"].append(g["stage_done"][()].astype(bool))
+            rest["demo"].append(np.full(T, j, dtype=np.int64))
+            rest["ep_start"].append(np.full(T, row, dtype=np.int64))
+            init_pose.append(g["init_pose"][()].astype(np.float64))
+            row += T
+    data = {"obs": {k: np.concatenate(v) for k, v in cols.items()}}
+    data.update({k: np.concatenate(v) for k, v in rest.items()})
+    data.update(init_pose=np.stack(init_pose), n_demos=len(keys), stages=stages, low_dim_keys=low_dim,
+                cameras=cameras, demo_keys=keys)
+    if obs_mode == "image":
+        shape = data["obs"][f"{cameras[0]}_image"].shape[1:]
+        if shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise D.DataError(f"{path}: images are {shape}, the DrQ-v2 encoder expects ({IMAGE_SIZE}, {IMAGE_SIZE}, 3)")
+    return data
+
+
+def history_rows(rows: np.ndarray, ep_start: np.ndarray, frame_stack: int) -> np.ndarray:
+    """(B,) rows -> (B, F) rows of the last F steps, oldest first, repeating the episode's first step."""
+    offs = np.arange(frame_stack - 1, -1, -1)
+    return np.maximum(rows[:, None] - offs[None, :], ep_start[rows][:, None])
+
+
+def get_obs(data: dict, rows: np.ndarray, frame_stack: int, device) -> dict:
+    h = history_rows(rows, data["ep_start"], frame_stack)
+    return {k: torch.from_numpy(v[h]).to(device, non_blocking=True) for k, v in data["obs"].items()}
+
+
+def stage_rows(data: dict, i: int, after_steps: int) -> dict[str, np.ndarray]:
+    """Rows each network of stage i trains on."""
+    stage, phase = data["stage"], data["phase"]
+    pose = np.flatnonzero((stage == i) & (phase == D.PHASE_CONNECT))
+    skill = np.flatnonzero((stage == i) & (phase == D.PHASE_SKILL))
+    # termination: the stage's skill steps plus up to `after_steps` steps after the stage ends (same
+    # episode), where T_i(s) normally holds: the classifier sees both sides of the boundary.
+    term = [skill]
+    for d in np.unique(data["demo"][skill]):
+        last = skill[data["demo"][skill] == d].max()
+        ep_rows = np.flatnonzero(data["demo"] == d)
+        term.append(np.arange(last + 1, min(last + 1 + after_steps, ep_rows.max() + 1)))
+    return {"pose": pose, "skill": skill, "termination": np.unique(np.concatenate(term))}
+
+
+# ------------------------------------------------------------------------------------------ losses
+def make_loss_fns(data: dict, i: int, frame_stack: int, device, pos_weight: float):
+    """loss(net, rows) -> (loss, {metric: value}) for each network kind of stage i."""
+    init_R = torch.tensor(P.quat_to_mat(data["init_pose"][:, i, 3:7].reshape(-1, 4)), dtype=torch.float32)
+    init_pos = torch.tensor(data["init_pose"][:, i, :3], dtype=torch.float32)
+    actions = torch.from_numpy(data["actions"])
+    done = torch.from_numpy(data["stage_done"][:, i].astype(np.float32))
+
+    def pose(net, rows):
+        obs = get_obs(data, rows, frame_stack, device)
+        demo = data["demo"][rows]
+        pos, R = init_pos[demo].to(device), init_R[demo].to(device)
+        loss, l_pos, l_rot = net.loss(obs, pos, R)
+        return loss, {"pos_mse": l_pos.item(), "rot_mse": l_rot.item()}
+
+    def skill(net, rows):
+        obs = get_obs(data, rows, frame_stack, device)
+        return net.loss(obs, actions[rows].to(device)), {}
+
+    def termination(net, rows):
+        obs = get_obs(data, rows, frame_stack, device)
+        return net.loss(obs, done[rows].to(device), pos_weight), {}
+
+    return {"pose": pose, "skill": skill, "termination": termination}
+
+
+@torch.no_grad()
+def val_metrics(kind: str, net, data: dict, i: int, rows: np.ndarray, frame_stack: int, device, loss_fn,
+                chunk: int = 512) -> dict:
+    """Validation loss plus an interpretable metric per network kind (means over `rows`)."""
+    net.eval()
+    out, n = {}, 0
+    for s in range(0, len(rows), chunk):
+        r = rows[s:s + chunk]
+        loss, _ = loss_fn(net, r)
+        m = {"loss": loss.item()}
+        obs = get_obs(data, r, frame_stack, device)
+        if kind == "pose":
+            pos, r6 = net(obs)
+            R = rot6d_to_matrix(r6).cpu().double().numpy()
+            tgt = data["init_pose"][data["demo"][r], i]
+            m["pos_err_m"] = float(np.linalg.norm(pos.cpu().numpy() - tgt[:, :3], axis=1).mean())
+            Rt = P.quat_to_mat(tgt[:, 3:7])
+            cos = (np.einsum("bij,bij->b", R, Rt) - 1.0) / 2.0
+            m["rot_err_deg"] = float(np.degrees(np.arccos(np.clip(cos, -1, 1))).mean())
+        elif kind == "skill":
+            a = net.mode(obs).cpu().numpy()
+            m["action_mse"] = float(((a - data["actions"][r]) ** 2).mean())
+        else:
+            p = net.prob(obs).cpu().numpy()
+            y = data["stage_done"][r, i]
+            m["accuracy"] = float(((p > 0.5) == y).mean())
+        for k, v in m.items():
+            out[k] = out.get(k, 0.0) + v * len(r)
+        n += len(r)
+    net.train()
+    return {k: v / n for k, v in out.items()}
+
+
+def train_net(desc, kind, net, loss_fn, train_rows, val_rows, steps, hp, rng, device, data, i, frame_stack,
+              no_tqdm=False) -> dict:
+    """Adam on random minibatches of `train_rows`; validation every `eval_every` steps and at the end."""
+    hist = {"step": [], "train": [], "val": [], "val_metrics": []}
+    if len(train_rows) == 0 or steps <= 0:
+        print(f"[{desc}] no training rows ({len(train_rows)}) or steps ({steps}): left at initialization")
+        return hist
+    net.to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    run_sum, run_n, val = 0.0, 0, None
+    bar = tqdm(range(steps), desc=desc, disable=no_tqdm, leave=True)
+    for step in bar:
+        rows = train_rows[rng.integers(0, len(train_rows), size=hp["batch_size"])]
+        loss, _ = loss_fn(net, rows)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        run_sum, run_n = run_sum + loss.item(), run_n + 1
+        if (step + 1) % hp["eval_every"] == 0 or step + 1 == steps:
+            vm = val_metrics(kind, net, data, i, val_rows, frame_stack, device, loss_fn) if len(val_rows) else None
+            val = vm["loss"] if vm else None
+            hist["step"].append(step + 1)
+            hist["train"].append(run_sum / run_n)
+            hist["val"].append(val)
+            hist["val_metrics"].append(vm)
+            if no_tqdm:
+                print(f"[{desc}] step {step + 1}/{steps} train {run_sum / run_n:.4f} val "
+                      f"{'-' if vm is None else ', '.join(f'{k} {v:.4f}' for k, v in vm.items())}")
+            run_sum, run_n = 0.0, 0
+        bar.set_postfix(loss=f"{loss.item():.4f}", val="-" if val is None else f"{val:.4f}", refresh=False)
+    bar.close()
+    net.eval()
+    return hist
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def plot_losses(losses: dict, path: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    kinds = ["pose", "skill", "termination"]
+    n = len(losses)
+    fig, axes = plt.subplots(n, 3, figsize=(12, 3 * n), squeeze=False)
+    for i, (stage, per_kind) in enumerate(losses.items()):
+        for j, kind in enumerate(kinds):
+            ax, h = axes[i][j], per_kind[kind]
+            ax.plot(h["step"], h["train"], label="train")
+            if any(v is not None for v in h["val"]):
+                ax.plot(h["step"], [np.nan if v is None else v for v in h["val"]], label="validation")
+            ax.set_title(f"{stage}: {kind}" + (" (NLL)" if kind == "skill" else " (BCE)" if kind == "termination" else ""))
+            ax.set_xlabel("gradient step")
+            if kind == "skill":  # the GMM NLL goes negative, and its validation value may blow up
+                ax.set_yscale("symlog", linthresh=1.0)
+            else:
+                ax.set_yscale("log")
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_json(path: str, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t_start = time.time()
+    hp = get_preset(args.preset)["hsp"]
+    for k, v in (("batch_size", args.batch_size), ("lr", args.lr), ("hidden", args.hidden),
+                 ("eval_every", args.eval_every), ("val_fraction", args.val_fraction)):
+        if v is not None:
+            hp[k] = v
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    device = torch.device(args.device)
+    out_dir = os.path.join(args.out, args.task)
+    ckpt_path = os.path.join(out_dir, "hsp.pt")
+    if os.path.exists(ckpt_path) and not args.overwrite:  # never silently replace another kind of model
+        try:
+            old = load_checkpoint(ckpt_path)
+        except CheckpointError:
+            old = None  # unreadable: nothing worth keeping
+        if old is not None and (old["task"], old["obs_mode"]) != (args.task, args.obs):
+            raise CheckpointError(
+                f"{ckpt_path} holds a {old['obs_mode']}-mode HSP of task {old['task']!r}; refusing to replace "
+                f"it with {'an' if args.obs == 'image' else 'a'} {args.obs}-mode one of {args.task!r}: "
+                f"pass --out <another root> to keep both, or --overwrite to replace it")
+
+    # ---- data, split by demo
+    data = load_flat(args.data, args.task, args.obs, args.max_demos)
+    n_demos, n_stages = data["n_demos"], len(data["stages"])
+    n_val = 0 if hp["val_fraction"] <= 0 or n_demos < 2 else max(1, int(round(hp["val_fraction"] * n_demos)))
+    val_demos = np.sort(rng.permutation(n_demos)[:n_val])
+    is_val = np.isin(data["demo"], val_demos)
+    frame_stack = int(hp["frame_stack"][args.obs])
+    print(f"{args.task} ({args.obs}): {n_demos} demos ({n_demos - n_val} train, {n_val} validation), "
+          f"{len(data['actions'])} steps, {n_stages} stages, cameras {data['cameras'] or '-'}, device {device}")
+
+    train_mask, train_demos = ~is_val, ~np.isin(np.arange(n_demos), val_demos)
+    normalizer = ObsNormalizer.fit({k: data["obs"][k][train_mask] for k in data["low_dim_keys"]})
+    config = {
+        "task": args.task, "obs_mode": args.obs, "n_stages": n_stages, "action_dim": 7,
+        "stage_names": [s["name"] for s in data["stages"]],
+        "obs": {"obs_mode": args.obs, "low_dim_keys": data["low_dim_keys"],
+                "low_dim_sizes": {k: int(data["obs"][k].shape[1]) for k in data["low_dim_keys"]},
+                "cameras": data["cameras"], "frame_stack": frame_stack, "feature_dim": int(hp["feature_dim"]),
+                "shift_pad": int(hp["shift_pad"]), "image_size": IMAGE_SIZE},
+        "nets": {"pose": {"hidden": list(hp["hidden"])},
+                 "skill": {"hidden": list(hp["hidden"]), "gmm_modes": int(hp["gmm_modes"]),
+                           "gmm_min_std": float(hp["gmm_min_std"])},
+                 "termination": {"hidden": list(hp["hidden"])}},
+        "train": {"preset": args.preset, "seed": args.seed, "data": os.path.abspath(args.data),
+                  "n_demos": n_demos, "val_demos": [data["demo_keys"][j] for j in val_demos],
+                  "lr": float(hp["lr"]), "weight_decay": float(hp["weight_decay"]),
+                  "batch_size": int(hp["batch_size"]), "eval_every": int(hp["eval_every"]),
+                  "termination_after_steps": int(hp["termination_after_steps"]), "steps": {}, "pos_weight": []},
+    }
+    models = build_stage_models(config, normalizer)
+    print("parameters per stage: " + ", ".join(f"{k} {count_params(v):,}" for k, v in models[0].items()))
+
+    # ---- per-stage training
+    losses, final = {}, {}
+    for i in range(n_stages):
+        name = f"stage{i}_{data['stages'][i]['name']}"
+        rows = stage_rows(data, i, int(hp["termination_after_steps"]))
+        t = rows["termination"]
+        n_pos = int(data["stage_done"][t[~is_val[t]], i].sum())
+        n_neg = int((~is_val[t]).sum()) - n_pos
+        if hp["termination_pos_weight"] == "balanced":
+            pos_weight = float(np.clip(n_neg / n_pos, 0.1, 10.0)) if n_pos > 0 and n_neg > 0 else 1.0
+        else:
+            pos_weight = float(hp["termination_pos_weight"])
+        if n_pos == 0:
+            print(f"[{name}] warning: no positive termination labels in the training demos")
+        config["train"]["pos_weight"].append(pos_weight)
+        fns = make_loss_fns(data, i, frame_stack, device, pos_weight)
+        pos = data["init_pose"][train_demos, i, :3]  # pose-net target statistics, training demos only
+        models[i]["pose"].set_target_stats(pos.mean(0), np.maximum(pos.std(0), 1e-2))
+        losses[name], final[name] = {}, {}
+        for kind in ("pose", "skill", "termination"):
+            r = rows[kind]
+            tr, va = r[~is_val[r]], r[is_val[r]]
+            if len(va) > VAL_MAX_ROWS:  # a fixed subset keeps evaluations cheap on paper-size data
+                va = np.sort(rng.choice(va, VAL_MAX_ROWS, replace=False))
+            if args.steps is not None:
+                steps = args.steps
+            elif args.epochs is not None:
+                steps = int(math.ceil(args.epochs * len(tr) / hp["batch_size"]))
+            else:
+                steps = int(hp[f"{kind}_steps"])
+            config["train"]["steps"][f"{name}/{kind}"] = steps
+            h = train_net(f"{name} {kind}", kind, models[i][kind], fns[kind], tr, va, steps, hp, rng, device,
+                          data, i, frame_stack, args.no_tqdm)
+            h["n_train_rows"], h["n_val_rows"] = int(len(tr)), int(len(va))
+            losses[name][kind] = h
+            final[name][kind] = h["val_metrics"][-1] if h["val_metrics"] else None
+
+    # ---- save
+    os.makedirs(out_dir, exist_ok=True)
+    stages = [{"pose": m["pose"].state_dict(), "skill": m["skill"].state_dict(), "residual": None,
+               "termination": m["termination"].state_dict(), "success_prob": None} for m in models]
+    save_checkpoint(ckpt_path, args.task, args.obs, config, normalizer.state_dict(), stages)
+    write_json(os.path.join(out_dir, "hsp_config.json"), dict(config, args=vars(args)))
+    write_json(os.path.join(out_dir, "hsp_losses.json"), {"losses": losses, "final_validation": final})
+    plot_losses(losses, os.path.join(out_dir, "hsp_losses.png"))
+    summary = {"checkpoint": ckpt_path, "seconds": time.time() - t_start, "final_validation": final,
+               "n_demos": n_demos, "n_val_demos": n_val}
+    print(f"wrote {ckpt_path} (+ hsp_config.json, hsp_losses.json, hsp_losses.png) in {summary['seconds']:.0f}s")
+    for name, per in final.items():
+        for kind, m in per.items():
+            if m:
+                print(f"  {name:28s} {kind:12s} " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+"""Networks of the Hybrid Skill Policy (Sec. III-C) and their building blocks.
+
+- `DrQv2Encoder`: the DrQ-v2 conv trunk (Yarats et al. 2021): 4 conv layers of 32 channels, 3x3,
+  the first with stride 2, ReLU; an 84x84 input gives 32·35·35 = 39200 features. The frames of a
+  short history are stacked along channels, as in DrQ-v2.
+- `RandomShift`: DrQ-v2's augmentation: replicate-pad by 4 pixels, then a random crop back to the
+  input size (implemented with grid_sample, one shift per sample, shared by the stacked frames).
+- `ObsEncoder`: observation dict -> feature vector. State mode: MLP input is the normalized
+  proprio + object vectors of every frame of the history, concatenated. Image mode: one DrQ-v2
+  trunk per camera, their features projected to `feature_dim` (Linear + LayerNorm + tanh, the
+  DrQ-v2 actor/critic trunk), concatenated with the normalized proprio history.
+- Heads: `PoseNet` (I_θi, position + 6-D rotation), `GMMPolicy` (π_θi, robomimic BC-GMM head with a
+  deterministic `mode()` action), `TerminationNet` (T_θi, one logit).
+
+Every network takes the *raw* observation dict (images uint8 HWC, proprio/object float) with an
+optional history axis: `obs[key]` is (B, F, ...) for a history of F frames, or (B, ...) when the
+history length is 1. Each encoder holds the observation normalizer as buffers, so a network
+loaded from its state_dict is self-contained; the checkpoint also stores the normalizer at top
+level (`obs_normalizer`, DESIGN.md) for scripts that need it alone.
+
+The per-stage networks are rebuilt from the checkpoint's JSON-able config by `build_stage_models`;
+checkpoint I/O (atomic save, task/obs-mode check on load) lives in `common/hsp_checkpoint.py`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributions as Dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMAGE_FEATURES = 32 * 35 * 35  # DrQ-v2 trunk output for an 84x84 input
+
+
+# ------------------------------------------------------------------------------------------ normalizer
+class ObsNormalizer:
+    """Per-key mean/std of low-dimensional observations (images are scaled to [-0.5, 0.5] instead).
+
+    Stored as plain tensors: `state_dict()` -> {key: {"mean": tensor, "std": tensor}}.
+    """
+
+    def __init__(self, stats: dict[str, dict[str, torch.Tensor]]):
+        self.stats = {k: {"mean": torch.as_tensor(v["mean"], dtype=torch.float32),
+                          "std": torch.as_tensor(v["std"], dtype=torch.float32)} for k, v in stats.items()}
+
+    @classmethod
+    def fit(cls, arrays: dict[str, np.ndarray], min_std: float = 1e-3) -> "ObsNormalizer":
+        """Fit on (N, D) arrays; std is floored at `min_std` so constant features stay finite."""
+        stats = {}
+        for k, x in arrays.items():
+            x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+            stats[k] = {"mean": torch.tensor(x.mean(0), dtype=torch.float32),
+                        "std": torch.tensor(np.maximum(x.std(0), min_std), dtype=torch.float32)}
+        return cls(stats)
+
+    def state_dict(self) -> dict:
+        return {k: {"mean": v["mean"].clone(), "std": v["std"].clone()} for k, v in self.stats.items()}
+
+    @classmethod
+    def from_state_dict(cls, sd: dict) -> "ObsNormalizer":
+        return cls(sd)
+
+    def normalize(self, key: str, x):
+        s = self.stats[key]
+        if isinstance(x, np.ndarray):
+            return (x - s["mean"].numpy()) / s["std"].numpy()
+        return (x - s["mean"].to(x.device)) / s["std"].to(x.device)
+
+
+# ------------------------------------------------------------------------------------------ blocks
+def mlp(in_dim: int, hidden: list[int], out_dim: int | None, activation=nn.ReLU) -> nn.Sequential:
+    layers, d = [], in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), activation()]
+        d = h
+    if out_dim is not None:
+        layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
+
+
+class RandomShift(nn.Module):
+    """DrQ-v2 random-shift augmentation (replicate pad `pad`, random crop back); identity in eval."""
+
+    def __init__(self, pad: int = 4):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.pad <= 0:
+            return x
+        n, c, h, w = x.shape
+        assert h == w, "RandomShift expects square images"
+        x = F.pad(x, (self.pad,) * 4, mode="replicate")
+        eps = 1.0 / (h + 2 * self.pad)
+        arange = torch.linspace(-1.0 + eps, 1.0 - eps, h + 2 * self.pad, device=x.device, dtype=x.dtype)[:h]
+        arange = arange.unsqueeze(0).repeat(h, 1).unsqueeze(2)
+        base_grid = torch.cat([arange, arange.transpose(1, 0)], dim=2).unsqueeze(0).repeat(n, 1, 1, 1)
+        shift = torch.randint(0, 2 * self.pad + 1, size=(n, 1, 1, 2), device=x.device, dtype=x.dtype)
+        shift *= 2.0 / (h + 2 * self.pad)
+        return F.grid_sample(x, base_grid + shift, padding_mode="zeros", align_corners=False)
+
+
+class DrQv2Encoder(nn.Module):
+    """DrQ-v2 conv trunk: (B, C, 84, 84) uint8-range floats -> (B, 32·35·35)."""
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        self.convnet = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, stride=2), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=1), nn.ReLU(),
+        )
+        self.apply(_drqv2_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x / 255.0 - 0.5
+        return self.convnet(x).flatten(1)
+
+
+def _drqv2_init(m):
+    if isinstance(m, nn.Linear):
+        nn.init.orthogonal_(m.weight.data)
+        if m.bias is not None:
+            m.bias.data.fill_(0.0)
+    elif isinstance(m, nn.Conv2d):
+        nn.init.orthogonal_(m.weight.data, nn.init.calculate_gain("relu"))
+        if m.bias is not None:
+            m.bias.data.fill_(0.0)
+
+
+def _with_history(x: torch.Tensor, base_ndim: int) -> torch.Tensor:
+    """(B, ...) -> (B, 1, ...) when the history axis is absent."""
+    return x.unsqueeze(1) if x.ndim == base_ndim else x
+
+
+class ObsEncoder(nn.Module):
+    """Raw observation dict -> feature vector of size `out_dim` (see the module docstring).
+
+    cfg keys: obs_mode, low_dim_keys (list), low_dim_sizes (dict key -> D), cameras (list),
+    frame_stack, feature_dim, shift_pad, image_size.
+    """
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.obs_mode = cfg["obs_mode"]
+        self.low_dim_keys = list(cfg["low_dim_keys"])
+        self.low_dim_sizes = {k: int(cfg["low_dim_sizes"][k]) for k in self.low_dim_keys}
+        self.cameras = list(cfg.get("cameras") or []) if self.obs_mode == "image" else []
+        self.frame_stack = int(cfg["frame_stack"])
+        for k in self.low_dim_keys:  # normalizer as buffers: the state_dict is self-contained
+            self.register_buffer(f"mean_{k}", torch.zeros(self.low_dim_sizes[k]))
+            self.register_buffer(f"std_{k}", torch.ones(self.low_dim_sizes[k]))
+        low_dim = self.frame_stack * sum(self.low_dim_sizes.values())
+        if self.obs_mode == "image":
+            if not self.cameras:
+                raise ValueError("image mode needs at least one camera in the config")
+            self.aug = RandomShift(int(cfg.get("shift_pad", 4)))
+            self.convs = nn.ModuleDict({c: DrQv2Encoder(3 * self.frame_stack) for c in self.cameras})
+            fd = int(cfg["feature_dim"])
+            self.trunk = nn.Sequential(nn.Linear(len(self.cameras) * IMAGE_FEATURES, fd), nn.LayerNorm(fd), nn.Tanh())
+            self.out_dim = fd + low_dim
+        else:
+            self.out_dim = low_dim
+
+    def set_normalizer(self, normalizer: ObsNormalizer):
+        for k in self.low_dim_keys:
+            getattr(self, f"mean_{k}").copy_(normalizer.stats[k]["mean"])
+            getattr(self, f"std_{k}").copy_(normalizer.stats[k]["std"])
+
+    def forward(self, obs: dict) -> torch.Tensor:
+        parts = []
+        if self.obs_mode == "image":
+            feats = []
+            for c in self.cameras:
+                x = _with_history(obs[f"{c}_image"], 4)  # (B, F, H, W, 3)
+                b, f, h, w, ch = x.shape
+                if f != self.frame_stack:
+                    raise ValueError(f"{c}_image has a history of {f} frames, the network expects {self.frame_stack}")
+                x = x.permute(0, 1, 4, 2, 3).reshape(b, f * ch, h, w).float()
+                feats.append(self.convs[c](self.aug(x)))
+            parts.append(self.trunk(torch.cat(feats, dim=1)))
+        for k in self.low_dim_keys:
+            x = _with_history(obs[k], 2).float()  # (B, F, D)
+            if x.shape[1] != self.frame_stack:
+                raise ValueError(f"{k} has a history of {x.shape[1]} frames, the network expects {self.frame_stack}")
+            x = (x - getattr(self, f"mean_{k}")) / getattr(self, f"std_{k}")
+            parts.append(x.flatten(1))
+        return torch.cat(parts, dim=1)
+
+
+# ------------------------------------------------------------------------------------------ heads
+class GMMPolicy(nn.Module):
+    """π_θi: robomimic BC-GMM policy. Means are tanh-squashed into [-1, 1] (robomimic's default
+    `use_tanh=False` path); std = softplus + min_std; mixture over `num_modes` diagonal Gaussians.
+
+    `loss(obs, actions)` = mean negative log-likelihood. `mode(obs)` is the deterministic action
+    (mean of the most probable component; in [-1, 1], repeatable), the base action for residual
+    RL. `sample(obs)` draws from the mixture, clipped to [-1, 1].
+    """
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.encoder = ObsEncoder(cfg)
+        self.action_dim = int(cfg["action_dim"])
+        self.num_modes = int(cfg["gmm_modes"])
+        self.min_std = float(cfg["gmm_min_std"])
+        self.body = mlp(self.encoder.out_dim, cfg["hidden"], None)
+        d = cfg["hidden"][-1] if cfg["hidden"] else self.encoder.out_dim
+        self.mean = nn.Linear(d, self.num_modes * self.action_dim)
+        self.scale = nn.Linear(d, self.num_modes * self.action_dim)
+        self.logits = nn.Linear(d, self.num_modes)
+
+    def params(self, obs: dict):
+        h = self.body(self.encoder(obs))
+        m, a = self.num_modes, self.action_dim
+        means = torch.tanh(self.mean(h).view(-1, m, a))
+        stds = F.softplus(self.scale(h).view(-1, m, a)) + self.min_std
+        return means, stds, self.logits(h)
+
+    def dist(self, obs: dict) -> Dist.Distribution:
+        means, stds, logits = self.params(obs)
+        comp = Dist.Independent(Dist.Normal(means, stds), 1)
+        return Dist.MixtureSameFamily(Dist.Categorical(logits=logits), comp)
+
+    def loss(self, obs: dict, actions: torch.Tensor) -> torch.Tensor:
+        return -self.dist(obs).log_prob(actions).mean()
+
+    def mode(self, obs: dict) -> torch.Tensor:
+        means, _, logits = self.params(obs)
+        k = logits.argmax(dim=-1)
+        return means[torch.arange(len(k), device=means.device), k]
+
+    forward = mode
+
+    def sample(self, obs: dict) -> torch.Tensor:
+        return self.dist(obs).sample().clamp(-1.0, 1.0)
+
+
+def rot6d_to_matrix(r6: torch.Tensor) -> torch.Tensor:
+    """Gram-Schmidt of the 6-D representation (Zhou et al. 2019) -> (..., 3, 3), columns x, y, z.
+    Matches common.pose.mat_from_rot6d (first two columns of R)."""
+    a, b = r6[..., :3], r6[..., 3:6]
+    x = F.normalize(a, dim=-1, eps=1e-6)
+    b = b - (x * b).sum(-1, keepdim=True) * x
+    y = F.normalize(b, dim=-1, eps=1e-6)
+    z = torch.cross(x, y, dim=-1)
+    return torch.stack([x, y, z], dim=-1)
+
+
+def matrix_to_rot6d(R: torch.Tensor) -> torch.Tensor:
+    return torch.cat([R[..., :, 0], R[..., :, 1]], dim=-1)
+
+
+class PoseNet(nn.Module):
+    """I_θi: observation -> initiation pose: world position (3) + 6-D rotation (common.pose.rot6d).
+
+    The position is predicted in normalized units (target mean/std stored as buffers `pos_mean`,
+    `pos_std`). `forward` returns (position (B, 3), rot6d (B, 6)); `matrix(obs)` the (B, 4, 4) pose
+    with a valid rotation; `pose7(obs)` numpy (B, 7) pos + quat xyzw, the kit's pose convention.
+    """
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.encoder = ObsEncoder(cfg)
+        self.net = mlp(self.encoder.out_dim, cfg["hidden"], 9)
+        self.register_buffer("pos_mean", torch.zeros(3))
+        self.register_buffer("pos_std", torch.ones(3))
+
+    def set_target_stats(self, mean, std):
+        self.pos_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.pos_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, obs: dict):
+        out = self.net(self.encoder(obs))
+        return out[:, :3] * self.pos_std + self.pos_mean, out[:, 3:9]
+
+    def loss(self, obs: dict, pos: torch.Tensor, R: torch.Tensor):
+        """(total, position MSE in normalized units, rotation-matrix MSE). R: (B, 3, 3) target."""
+        out = self.net(self.encoder(obs))
+        l_pos = F.mse_loss(out[:, :3], (pos - self.pos_mean) / self.pos_std)
+        l_rot = F.mse_loss(rot6d_to_matrix(out[:, 3:9]), R)
+        return l_pos + l_rot, l_pos, l_rot
+
+    def matrix(self, obs: dict) -> torch.Tensor:
+        pos, r6 = self(obs)
+        T = torch.eye(4, device=pos.device, dtype=pos.dtype).repeat(len(pos), 1, 1)
+        T[:, :3, :3] = rot6d_to_matrix(r6)
+        T[:, :3, 3] = pos
+        return T
+
+    @torch.no_grad()
+    def pose7(self, obs: dict) -> np.ndarray:
+        from . import pose as P
+        T = self.matrix(obs).cpu().double().numpy()
+        return np.stack([P.mat_to_pose7(t) for t in T])
+
+
+class TerminationNet(nn.Module):
+    """T_θi: observation -> logit of P(stage i done); trained with binary cross-entropy (Eq. 3)."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.encoder = ObsEncoder(cfg)
+        self.net = mlp(self.encoder.out_dim, cfg["hidden"], 1)
+
+    def forward(self, obs: dict) -> torch.Tensor:
+        return self.net(self.encoder(obs)).squeeze(-1)
+
+    def prob(self, obs: dict) -> torch.Tensor:
+        return torch.sigmoid(self(obs))
+
+    def loss(self, obs: dict, done: torch.Tensor, pos_weight: float | None = None) -> torch.Tensor:
+        pw = None if pos_weight is None else torch.tensor(pos_weight, device=done.device)
+        return F.binary_cross_entropy_with_logits(self(obs), done.float(), pos_weight=pw)
+
+
+# ------------------------------------------------------------------------------------------ deployment
+class ObsHistory:
+    """The last `frame_stack` observations of an episode, for querying the networks step by step.
+
+    Matches training (02_train_hsp.history_rows): at the start of an episode the first observation
+    is repeated. `reset(obs)` then `push(obs)` each step; `batch(device)` gives {key: (1, F, ...)}.
+    """
+
+    def __init__(self, frame_stack: int, keys: list[str] | None = None):
+        self.frame_stack, self.keys, self.frames = int(frame_stack), keys, []
+
+    def reset(self, obs: dict) -> "ObsHistory":
+        self.frames = [self._pick(obs)] * self.frame_stack
+        return self
+
+    def push(self, obs: dict) -> "ObsHistory":
+        if not self.frames:
+            return self.reset(obs)
+        self.frames = (self.frames + [self._pick(obs)])[-self.frame_stack:]
+        return self
+
+    def _pick(self, obs: dict) -> dict:
+        return {k: np.asarray(obs[k]) for k in (self.keys or obs)}
+
+    def batch(self, device="cpu") -> dict:
+        return {k: torch.from_numpy(np.stack([f[k] for f in self.frames])[None]).to(device) for k in self.frames[0]}
+
+
+def obs_keys(config: dict) -> list[str]:
+    """The observation keys the networks of a checkpoint config read."""
+    o = config["obs"]
+    return list(o["low_dim_keys"]) + [f"{c}_image" for c in (o.get("cameras") or [])]
+
+
+# ------------------------------------------------------------------------------------------ rebuild
+def net_config(config: dict, which: str) -> dict:
+    """The ObsEncoder/head config of one network kind ("pose" | "skill" | "termination")."""
+    c = dict(config["obs"])
+    c.update(config["nets"][which])
+    c["action_dim"] = config.get("action_dim", 7)
+    return c
+
+
+def build_stage_models(config: dict, obs_normalizer: ObsNormalizer | dict | None = None) -> list[dict]:
+    """Fresh per-stage networks [{"pose": PoseNet, "skill": GMMPolicy, "termination": TerminationNet}]
+    from a checkpoint's config; load weights with `load_stage_weights` (or load_state_dict)."""
+    if isinstance(obs_normalizer, dict):
+        obs_normalizer = ObsNormalizer.from_state_dict(obs_normalizer)
+    models = []
+    for _ in range(int(config["n_stages"])):
+        m = {"pose": PoseNet(net_config(config, "pose")),
+             "skill": GMMPolicy(net_config(config, "skill")),
+             "termination": TerminationNet(net_config(config, "termination"))}
+        if obs_normalizer is not None:
+            for net in m.values():
+                net.encoder.set_normalizer(obs_normalizer)
+        models.append(m)
+    return models
+
+
+def load_stage_weights(models: list[dict], stages: list[dict]) -> list[dict]:
+    """Load a checkpoint's `stages` state_dicts into `build_stage_models` output (in place)."""
+    if len(models) != len(stages):
+        raise ValueError(f"checkpoint has {len(stages)} stages but the config builds {len(models)}")
+    for m, s in zip(models, stages):
+        for k in ("pose", "skill", "termination"):
+            m[k].load_state_dict(s[k])
+    return models
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,198 @@
+"""02_train_hsp.py and common/nets.py: a tiny state-mode training run end to end, the checkpoint
+format and its checks, overfitting a fixed batch, GMM/pose/termination head properties, and a
+forward/backward pass of the DrQ-v2 image encoder."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from common import pose as P
+from common.hsp_checkpoint import CheckpointError, load_checkpoint, load_hsp_models, save_checkpoint
+from common.nets import (IMAGE_FEATURES, DrQv2Encoder, GMMPolicy, ObsHistory, ObsNormalizer, RandomShift,
+                         build_stage_models, rot6d_to_matrix)
+
+torch.set_num_threads(1)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASK = "Threading_D2"
+
+
+def _load(name, file):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, file))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+generate = _load("generate", "01_generate.py")
+train = _load("train_hsp", "02_train_hsp.py")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A tiny generated file (2 source demos, 2 generated with linear connect segments: fast)."""
+    out = tmp_path_factory.mktemp("hsp_data")
+    generate.main(["--task", TASK, "--num-source", "2", "--num-demos", "2", "--out", str(out), "--seed", "0",
+                   "--max-attempts", "40", "--planner", "linear"])
+    return os.path.join(out, TASK, "generated.hdf5")
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hsp_runs")
+    summary = train.main(["--task", TASK, "--obs", "state", "--data", dataset, "--out", str(out), "--steps", "20",
+                          "--eval-every", "10", "--batch-size", "16", "--hidden", "32", "32", "--no-tqdm"])
+    return out, summary
+
+
+def test_checkpoint_format_and_outputs(trained):
+    out, summary = trained
+    d = os.path.join(out, TASK)
+    for f in ("hsp.pt", "hsp_config.json", "hsp_losses.json", "hsp_losses.png"):
+        assert os.path.getsize(os.path.join(d, f)) > 0, f
+    ck = torch.load(os.path.join(d, "hsp.pt"), weights_only=True)
+    assert ck["format"] == "reinforcegen-kit/1" and ck["task"] == TASK and ck["obs_mode"] == "state"
+    assert set(ck["obs_normalizer"]) == {"proprio", "object"}
+    assert all(isinstance(v, torch.Tensor) for s in ck["obs_normalizer"].values() for v in s.values())
+    assert len(ck["stages"]) == ck["config"]["n_stages"] == 2
+    for s in ck["stages"]:
+        assert set(s) == {"pose", "skill", "residual", "termination", "success_prob"}
+        assert s["residual"] is None and s["success_prob"] is None
+    assert summary["n_val_demos"] == 1
+    # validation losses were logged
+    import json
+    losses = json.load(open(os.path.join(d, "hsp_losses.json")))["losses"]
+    h = losses["stage0_grasp_needle"]["skill"]
+    assert h["step"] == [10, 20] and all(v is not None for v in h["val"])
+
+
+def test_loaded_models_give_valid_outputs(trained, dataset):
+    out, _ = trained
+    ck, models = load_hsp_models(os.path.join(out, TASK, "hsp.pt"), TASK, "state")
+    data = train.load_flat(dataset, TASK, "state")
+    rows = np.arange(0, len(data["actions"]), 7)
+    obs = train.get_obs(data, rows, ck["config"]["obs"]["frame_stack"], "cpu")
+    with torch.no_grad():
+        for m in models:
+            a1, a2 = m["skill"].mode(obs), m["skill"].mode(obs)
+            assert a1.shape == (len(rows), 7) and torch.equal(a1, a2)  # deterministic, repeatable
+            assert a1.abs().max() <= 1.0
+            s = m["skill"].sample(obs)
+            assert s.shape == a1.shape and s.abs().max() <= 1.0
+            T = m["pose"].matrix(obs).double()
+            R = T[:, :3, :3]
+            assert torch.allclose(R @ R.transpose(1, 2), torch.eye(3, dtype=R.dtype).expand_as(R), atol=1e-5)
+            assert torch.allclose(torch.det(R), torch.ones(len(R), dtype=R.dtype), atol=1e-5)
+            p7 = m["pose"].pose7(obs)
+            assert p7.shape == (len(rows), 7) and np.allclose(np.linalg.norm(p7[:, 3:], axis=1), 1.0)
+            p = m["termination"].prob(obs)
+            assert p.shape == (len(rows),) and ((p >= 0) & (p <= 1)).all()
+
+
+def test_wrong_task_or_obs_mode_is_a_clear_error(trained, dataset):
+    out, _ = trained
+    path = os.path.join(out, TASK, "hsp.pt")
+    with pytest.raises(ValueError, match=r"task 'Threading_D2', not 'Coffee_D2'.*--task Threading_D2"):
+        load_checkpoint(path, "Coffee_D2", "state")
+    with pytest.raises(CheckpointError, match=r"--obs state, not --obs image.*pass --obs state"):
+        load_checkpoint(path, TASK, "image")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(os.path.join(out, "nope.pt"), TASK, "state")
+    # 02 refuses to replace a state-mode checkpoint with an image-mode one
+    with pytest.raises(CheckpointError, match="refusing to replace"):
+        train.main(["--task", TASK, "--obs", "image", "--data", dataset, "--out", str(out), "--steps", "1"])
+    # image mode without images in the file is a clear data error
+    with pytest.raises(ValueError, match="--images"):
+        train.load_flat(dataset, TASK, "image")
+
+
+def test_save_is_atomic_and_roundtrips(trained, tmp_path):
+    out, _ = trained
+    ck = load_checkpoint(os.path.join(out, TASK, "hsp.pt"), TASK, "state")
+    ck["stages"][0]["residual"] = {"w": torch.ones(2)}  # a later phase adds its part
+    p = save_checkpoint(str(tmp_path / "x" / "agent.pt"), ck)
+    assert os.listdir(tmp_path / "x") == ["agent.pt"]
+    again = load_checkpoint(p, TASK, "state")
+    assert torch.equal(again["stages"][0]["residual"]["w"], torch.ones(2))
+
+
+def test_losses_decrease_on_a_fixed_batch(dataset):
+    torch.manual_seed(0)
+    data = train.load_flat(dataset, TASK, "state")
+    norm = ObsNormalizer.fit({k: data["obs"][k] for k in data["low_dim_keys"]})
+    config = {"n_stages": 1, "action_dim": 7,
+              "obs": {"obs_mode": "state", "low_dim_keys": data["low_dim_keys"],
+                      "low_dim_sizes": {k: data["obs"][k].shape[1] for k in data["low_dim_keys"]},
+                      "cameras": [], "frame_stack": 2, "feature_dim": 50, "shift_pad": 4},
+              "nets": {"pose": {"hidden": [64, 64]}, "skill": {"hidden": [64, 64], "gmm_modes": 5, "gmm_min_std": 1e-4},
+                       "termination": {"hidden": [64, 64]}}}
+    (m,) = build_stage_models(config, norm)
+    rows = train.stage_rows(data, 1, 10)
+    fns = train.make_loss_fns(data, 1, 2, "cpu", pos_weight=1.0)
+    pos = data["init_pose"][:, 1, :3]
+    m["pose"].set_target_stats(pos.mean(0), np.maximum(pos.std(0), 1e-2))
+    for kind in ("pose", "skill", "termination"):
+        batch = np.random.default_rng(0).choice(rows[kind], 32)
+        opt = torch.optim.Adam(m[kind].parameters(), lr=1e-3)
+        first = fns[kind](m[kind], batch)[0].item()
+        for _ in range(150):
+            loss = fns[kind](m[kind], batch)[0]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        last = fns[kind](m[kind], batch)[0].item()
+        if kind == "skill":  # NLL: unbounded below
+            assert last < first - 5.0, (kind, first, last)
+        else:
+            assert last < 0.1 * first, (kind, first, last)
+
+
+def test_history_rows_stop_at_episode_start():
+    ep_start = np.array([0, 0, 0, 3, 3, 3])
+    h = train.history_rows(np.array([0, 2, 3, 5]), ep_start, 3)
+    np.testing.assert_array_equal(h, [[0, 0, 0], [0, 1, 2], [3, 3, 3], [3, 4, 5]])
+
+
+def test_obs_history_matches_training_histories(dataset):
+    data = train.load_flat(dataset, TASK, "state")
+    rows = np.arange(0, 5)  # the first steps of demo 0: histories repeat its first step
+    want = train.get_obs(data, rows, 3, "cpu")
+    hist = ObsHistory(3, ["proprio", "object"])
+    for t in rows:
+        obs = {k: data["obs"][k][t] for k in ("proprio", "object")}
+        b = (hist.reset(obs) if t == 0 else hist.push(obs)).batch()
+        for k in b:
+            assert torch.equal(b[k][0], want[k][t])
+
+
+def test_rot6d_matches_common_pose():
+    R = P.quat_to_mat(P.quat_normalize(np.random.default_rng(0).normal(size=(8, 4))))
+    r6 = P.rot6d_from_mat(R) + 0.01 * np.random.default_rng(1).normal(size=(8, 6))
+    np.testing.assert_allclose(rot6d_to_matrix(torch.tensor(r6)).numpy(), P.mat_from_rot6d(r6), atol=1e-9)
+
+
+def test_image_encoder_forward_backward():
+    torch.manual_seed(0)
+    enc = DrQv2Encoder(3 * 3)
+    x = torch.randint(0, 256, (2, 9, 84, 84)).float()
+    assert enc(x).shape == (2, IMAGE_FEATURES) == (2, 32 * 35 * 35)
+    aug = RandomShift(4)
+    assert aug(x).shape == x.shape and not torch.equal(aug(x), x)
+    aug.eval()
+    assert torch.equal(aug(x), x)
+    cfg = {"obs_mode": "image", "low_dim_keys": ["proprio"], "low_dim_sizes": {"proprio": 15},
+           "cameras": ["agentview", "robot0_eye_in_hand"], "frame_stack": 3, "feature_dim": 50, "shift_pad": 4,
+           "hidden": [32], "gmm_modes": 5, "gmm_min_std": 1e-4, "action_dim": 7}
+    pi = GMMPolicy(cfg)
+    obs = {"proprio": torch.randn(2, 3, 15),
+           "agentview_image": torch.randint(0, 256, (2, 3, 84, 84, 3), dtype=torch.uint8),
+           "robot0_eye_in_hand_image": torch.randint(0, 256, (2, 3, 84, 84, 3), dtype=torch.uint8)}
+    loss = pi.loss(obs, torch.rand(2, 7) * 2 - 1)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert pi.encoder.convs["agentview"].convnet[0].weight.grad.abs().sum() > 0
+    pi.eval()
+    with torch.no_grad():
+        a = pi.mode(obs)
+        assert a.shape == (2, 7) and a.abs().max() <= 1 and torch.equal(a, pi.mode(obs))
