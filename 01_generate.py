@@ -135,47 +135,7 @@ def copy_source_file(args, path) -> dict:
 
 
 # ======================================================================================= generation
-class SourceSegments:
-    """The skill segments of the source demos, per stage: eef poses, gripper actions and the pose
-    of the stage's reference object at the segment start (what Sec. III-B transforms against)."""
-
-    def __init__(self, demos: list[dict], stages):
-        self.stages = stages
-        self.segments = []  # [stage][demo] -> dict
-        for i, st in enumerate(stages):
-            per_demo = []
-            for k, d in enumerate(demos):
-                a, b = (int(x) for x in d["skill_bounds"][i])
-                if a < 0 or b <= a:
-                    raise D.DataError(f"source demo {k} has no skill segment for stage {i} ({st.name})")
-                poses = d["datagen_info"]["object_poses"]
-                if st.reference_object not in poses:
-                    raise D.DataError(f"source demo {k} lacks datagen_info/object_poses/{st.reference_object}")
-                per_demo.append(dict(eef=d["datagen_info"]["eef_pose"][a:b],
-                                     gripper=d["datagen_info"]["gripper_action"][a:b, 0],
-                                     ref=poses[st.reference_object][a], index=k))
-            self.segments.append(per_demo)
-
-    def choose(self, stage: int, ref_now: np.ndarray, select: str, rng) -> int:
-        """Index of a source demo for `stage`: random, or random among the 3 nearest in the pose of
-        the stage's reference object (MimicGen's nearest_neighbor_object, nn_k = 3)."""
-        segs = self.segments[stage]
-        if select == "nearest":
-            now = P.mat_to_pose7(ref_now)
-            dist = [P.pose_distance(P.mat_to_pose7(s["ref"]), now) for s in segs]
-            return int(np.argsort(dist)[:3][rng.integers(min(3, len(segs)))])
-        return int(rng.integers(len(segs)))
-
-
-def held_object(env):
-    """The object in the gripper now, if any (the planner carries it with the hand)."""
-    for name in env.object_names:
-        if env.raw.is_grasped(name):
-            return name
-    return None
-
-
-def generate_attempt(env, planner, sources: SourceSegments, seed: int, args) -> tuple[Demonstrator, str | None]:
+def generate_attempt(env, planner, sources: D.SourceSegments, seed: int, args) -> tuple[Demonstrator, str | None]:
     """One generation attempt. Returns the recording and None, or the failure reason."""
     rng = np.random.default_rng(seed)
     d = Demonstrator(env, rng, record=True).start(seed)
@@ -204,7 +164,7 @@ def generate_attempt(env, planner, sources: SourceSegments, seed: int, args) -> 
         # Connect: plan to the initiation pose (the first transformed pose) and track the path.
         d.label(i, D.PHASE_CONNECT)
         d.action_noise = 0.0
-        plan = planner.plan(env, targets[0], held=held_object(env))
+        plan = planner.plan(env, targets[0], held=env.held_object())
         if not plan.success:
             return d, f"stage {i}: plan {plan.reason}"
         res = planner.execute(env, plan, float(seg["gripper"][0]), step_fn=d.step)
@@ -248,7 +208,7 @@ def generate_worker(worker: int, target: int, args, out_path: str, source_path: 
 
     demos, _ = D.load_all(source_path, task=args.task)
     env = make_env(args.task, obs_mode="state")
-    sources = SourceSegments(demos, env.stages)
+    sources = D.SourceSegments(demos, env.stages)
     planner = Planner(env, mode=args.planner, seed=args.seed * 7919 + worker)
     image_env = make_env(args.task, obs_mode="image") if args.images else None
     pdir = D.parts_dir(out_path)

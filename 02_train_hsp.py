@@ -320,6 +320,9 @@ def main(argv=None) -> dict:
     config = {
         "task": args.task, "obs_mode": args.obs, "n_stages": n_stages, "action_dim": 7,
         "stage_names": [s["name"] for s in data["stages"]],
+        # longest skill segment per stage in the data: deployment's step budget scales from it
+        "max_skill_steps": [int(max(np.bincount(data["demo"][(data["stage"] == i) & (data["phase"] == D.PHASE_SKILL)],
+                                                 minlength=1).max(), 1)) for i in range(n_stages)],
         "obs": {"obs_mode": args.obs, "low_dim_keys": data["low_dim_keys"],
                 "low_dim_sizes": {k: int(data["obs"][k].shape[1]) for k in data["low_dim_keys"]},
                 "cameras": data["cameras"], "frame_stack": frame_stack, "feature_dim": int(hp["feature_dim"]),

@@ -25,6 +25,39 @@ class DataError(ValueError):
     """A data file is missing, malformed, or from another task; the message says how to fix it."""
 
 
+# ------------------------------------------------------------------------------------------ source segments
+class SourceSegments:
+    """The skill segments of the source demos, per stage: eef poses, gripper actions and the pose
+    of the stage's reference object at the segment start (what Sec. III-B transforms against)."""
+
+    def __init__(self, demos: list[dict], stages):
+        self.stages = stages
+        self.segments = []  # [stage][demo] -> dict
+        for i, st in enumerate(stages):
+            per_demo = []
+            for k, d in enumerate(demos):
+                a, b = (int(x) for x in d["skill_bounds"][i])
+                if a < 0 or b <= a:
+                    raise DataError(f"source demo {k} has no skill segment for stage {i} ({st.name})")
+                poses = d["datagen_info"]["object_poses"]
+                if st.reference_object not in poses:
+                    raise DataError(f"source demo {k} lacks datagen_info/object_poses/{st.reference_object}")
+                per_demo.append(dict(eef=d["datagen_info"]["eef_pose"][a:b],
+                                     gripper=d["datagen_info"]["gripper_action"][a:b, 0],
+                                     ref=poses[st.reference_object][a], index=k))
+            self.segments.append(per_demo)
+
+    def choose(self, stage: int, ref_now: np.ndarray, select: str, rng) -> int:
+        """Index of a source demo for `stage`: random, or random among the 3 nearest in the pose of
+        the stage's reference object (MimicGen's nearest_neighbor_object, nn_k = 3)."""
+        segs = self.segments[stage]
+        if select == "nearest":
+            now = P.mat_to_pose7(ref_now)
+            dist = [P.pose_distance(P.mat_to_pose7(s["ref"]), now) for s in segs]
+            return int(np.argsort(dist)[:3][rng.integers(min(3, len(segs)))])
+        return int(rng.integers(len(segs)))
+
+
 # ------------------------------------------------------------------------------------------ recording
 class EpisodeRecorder:
     """Collects one episode step by step: call `record(env, action, stage, phase)` *before* stepping.

@@ -422,6 +422,13 @@ class KitEnv:
     def stage_done(self) -> np.ndarray:
         return self.raw.stage_done()
 
+    def held_object(self) -> str | None:
+        """The object in the gripper now, if any (the motion planner carries it with the hand)."""
+        for name in self.object_names:
+            if self.raw.is_grasped(name):
+                return name
+        return None
+
     def success(self) -> bool:
         return bool(self.raw._check_success())
 

@@ -122,7 +122,13 @@ def add_pose_noise(pose7, sigma: float, rng: np.random.Generator) -> np.ndarray:
     pose7 = np.asarray(pose7, dtype=np.float64)
     if sigma <= 0:
         return pose7.copy()
-    eps = rng.normal(0.0, sigma, size=6)
+    return apply_pose_offset(pose7, rng.normal(0.0, sigma, size=6))
+
+
+def apply_pose_offset(pose7, eps) -> np.ndarray:
+    """pose7 moved by a 6-D offset eps (position in m, world-frame axis-angle in rad), as
+    add_pose_noise does; lets a caller draw one noise sample and apply it to several predictions."""
+    pose7, eps = np.asarray(pose7, dtype=np.float64), np.asarray(eps, dtype=np.float64)
     R = axisangle_to_mat(eps[3:]) @ quat_to_mat(pose7[3:7])
     return np.concatenate([pose7[:3] + eps[:3], mat_to_quat(R)])
 

@@ -41,6 +41,24 @@ HSP = dict(
     termination_pos_weight="balanced",  # BCE positive-class weight: "balanced" (#neg/#pos) or a float
 )
 
+# Deployment (Algorithm 1, common/hsp.py)
+SKILL_BUDGET_FACTOR = 2.0  # a skill may run this many times its longest training segment before failing
+TERMINATION_THRESHOLD = 0.5  # learned T_θi fires when P(done) > 0.5 (the BCE classifier's decision point)
+
+# Paper results (success %, 500 rollouts), for tables printed beside ours. Table I:
+PAPER_TABLE1 = {
+    "HSP-Priv": {"NutAssembly_D2": 86.20, "Threading_D2": 54.27, "ThreePieceAssembly_D2": 70.77,
+                 "Coffee_D2": 88.12, "CoffeePreparation_D2": 65.60},
+    "HSP-Priv + Skill-FT": {"NutAssembly_D2": 87.20, "Threading_D2": 89.40, "ThreePieceAssembly_D2": 82.24,
+                            "Coffee_D2": 97.03, "CoffeePreparation_D2": 77.80},
+    "HSP": {"NutAssembly_D2": 40.52, "Threading_D2": 50.20, "ThreePieceAssembly_D2": 41.52,
+            "Coffee_D2": 55.38, "CoffeePreparation_D2": 35.80},
+    "HSP+Replan": {"NutAssembly_D2": 78.40, "Threading_D2": 49.80, "ThreePieceAssembly_D2": 65.80,
+                   "Coffee_D2": 80.20, "CoffeePreparation_D2": 60.20},
+    "ReinforceGen": {"NutAssembly_D2": 85.80, "Threading_D2": 82.20, "ThreePieceAssembly_D2": 80.40,
+                     "Coffee_D2": 93.81, "CoffeePreparation_D2": 80.80},
+}
+
 # ---------------------------------------------------------------- run sizes per preset
 PRESETS = {
     "paper": dict(

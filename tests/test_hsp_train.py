@@ -1,7 +1,6 @@
 """02_train_hsp.py and common/nets.py: a tiny state-mode training run end to end, the checkpoint
 format and its checks, overfitting a fixed batch, GMM/pose/termination head properties, and a
 forward/backward pass of the DrQ-v2 image encoder."""
-import importlib.util
 import os
 
 import numpy as np
@@ -13,37 +12,11 @@ from common.hsp_checkpoint import CheckpointError, load_checkpoint, load_hsp_mod
 from common.nets import (IMAGE_FEATURES, DrQv2Encoder, GMMPolicy, ObsHistory, ObsNormalizer, RandomShift,
                          build_stage_models, rot6d_to_matrix)
 
+from conftest import HSP_TASK as TASK
+from conftest import load_script
+
 torch.set_num_threads(1)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TASK = "Threading_D2"
-
-
-def _load(name, file):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, file))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-generate = _load("generate", "01_generate.py")
-train = _load("train_hsp", "02_train_hsp.py")
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """A tiny generated file (2 source demos, 2 generated with linear connect segments: fast)."""
-    out = tmp_path_factory.mktemp("hsp_data")
-    generate.main(["--task", TASK, "--num-source", "2", "--num-demos", "2", "--out", str(out), "--seed", "0",
-                   "--max-attempts", "40", "--planner", "linear"])
-    return os.path.join(out, TASK, "generated.hdf5")
-
-
-@pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("hsp_runs")
-    summary = train.main(["--task", TASK, "--obs", "state", "--data", dataset, "--out", str(out), "--steps", "20",
-                          "--eval-every", "10", "--batch-size", "16", "--hidden", "32", "32", "--no-tqdm"])
-    return out, summary
+train = load_script("train_hsp", "02_train_hsp.py")
 
 
 def test_checkpoint_format_and_outputs(trained):

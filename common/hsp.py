@@ -1,0 +1,318 @@
+"""The Hybrid Skill Policy agent: Algorithm 1 of the paper (Sec. III-C, with Sec. IV-A replanning).
+
+For each stage i of the task:
+
+1. predict the skill's initiation pose P_i: the learned predictor I_θi(o), or the privileged
+   teacher I^Priv (Sec. IV-A: the source demo's initiation pose carried into the current frame of
+   the stage's reference object, T_W^A' = T_W^R' (T_W^R)^-1 T_W^A), optionally with App. E-A noise;
+2. plan a collision-free path to it with the motion planner and track it with OSC actions
+   (the *connect* phase, Alg. 1 lines 5-8);
+3. with replanning on, re-predict the pose at every connect step and plan again from the current
+   state when the replanning distance to the current target exceeds ε = 0.05 (lines 9-12);
+4. run the skill policy π_θi until the stage terminates: the ground-truth check T_i(s) (oracle) or
+   the learned classifier T_θi(o) > 0.5 (lines 13-16). A skill that does not terminate within its
+   step budget (SKILL_BUDGET_FACTOR x the longest skill segment in the training data) fails the
+   episode, as does running past the task's evaluation horizon.
+
+How an agent is configured is data (`AgentOptions`); the named variants of the paper's tables are
+entries of `VARIANTS`, so later phases add theirs without copying the loop.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+
+from . import pose as P
+from .nets import ObsHistory, obs_keys
+from .presets import REPLAN_THRESHOLD, SKILL_BUDGET_FACTOR, TERMINATION_THRESHOLD
+
+GRIPPER_OPEN = -1.0
+
+
+# ------------------------------------------------------------------------------------------ options
+@dataclass(frozen=True)
+class AgentOptions:
+    pose: str = "learned"  # "learned" (I_θi) | "privileged" (I^Priv, Sec. IV-A)
+    replan: bool = False  # re-predict every connect step; replan when replan_distance > ε (Sec. IV-A)
+    replan_threshold: float = REPLAN_THRESHOLD  # ε_pose, App. C-C
+    termination: str = "oracle"  # "oracle" (ground-truth T_i(s)) | "learned" (T_θi, Eq. 3)
+    termination_threshold: float = TERMINATION_THRESHOLD
+    pose_noise: float = 0.0  # σ of App. E-A on the initiation pose (m and rad), one draw per stage
+    pose_noise_stages: tuple | None = None  # stages whose pose gets the noise (None: every stage)
+    action_noise: float = 0.0  # Gaussian σ on the skill's 6 pose-action dimensions
+    source_select: str = "random"  # I^Priv's source demo: "random" or "nearest" (MimicGen's choice)
+    skill_budget_factor: float = SKILL_BUDGET_FACTOR
+    deterministic_skill: bool = True  # the GMM's mode (the base action residual RL will add to)
+
+    def __post_init__(self):
+        checks = (("pose", self.pose, ("learned", "privileged")),
+                  ("termination", self.termination, ("oracle", "learned")),
+                  ("source_select", self.source_select, ("random", "nearest")))
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"AgentOptions.{name} = {value!r}; choose one of {allowed}")
+
+    def describe(self) -> str:
+        parts = ["privileged pose" if self.pose == "privileged" else "learned pose",
+                 f"replan ε={self.replan_threshold}" if self.replan else "no replanning",
+                 f"{self.termination} termination"]
+        if self.pose_noise:
+            parts.append(f"pose noise σ={self.pose_noise}")
+        if self.action_noise:
+            parts.append(f"action noise σ={self.action_noise}")
+        return ", ".join(parts)
+
+
+# The rows of Table I this kit evaluates. Later phases register theirs here (e.g. ReinforceGen =
+# learned pose + replanning + residual skills + learned termination with rejection).
+VARIANTS: dict[str, AgentOptions] = {
+    "HSP-Priv": AgentOptions(pose="privileged", replan=False, termination="oracle"),
+    "HSP": AgentOptions(pose="learned", replan=False, termination="oracle"),
+    "HSP+Replan": AgentOptions(pose="learned", replan=True, termination="oracle"),
+}
+
+
+def variant_options(name: str, **overrides) -> AgentOptions:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    return replace(VARIANTS[name], **overrides)
+
+
+# ------------------------------------------------------------------------------------------ results
+@dataclass
+class EpisodeResult:
+    seed: int
+    success: bool = False
+    stage_success: list = field(default_factory=list)  # T_i(s) held when stage i's skill ended
+    stages_attempted: int = 0
+    skill_steps: list = field(default_factory=list)  # per attempted stage
+    connect_steps: list = field(default_factory=list)
+    replans: int = 0
+    planner_failures: int = 0
+    connect_timeouts: int = 0
+    steps: int = 0
+    failure: str | None = None  # why the episode ended unsuccessfully
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _EpisodeOver(Exception):
+    """Raised inside an episode when the evaluation horizon is reached."""
+
+
+# ------------------------------------------------------------------------------------------ agent
+class HSPAgent:
+    """Runs Algorithm 1 in a KitEnv.
+
+    env: a KitEnv in the checkpoint's obs mode. models: per-stage networks from
+    `hsp_checkpoint.load_hsp_models` (may be None for a purely privileged agent with oracle
+    termination and no learned skills, e.g. in tests). config: the checkpoint's config.
+    planner: a `common.planner.Planner` for this env. sources: `data.SourceSegments` of the task's
+    source demos (needed by the privileged teacher).
+    """
+
+    def __init__(self, env, models, config: dict, planner, options: AgentOptions, sources=None,
+                 device="cpu", skill_fn=None):
+        self.env, self.raw, self.models, self.config = env, env.raw, models, config
+        self.planner, self.options, self.sources = planner, options, sources
+        self.device = torch.device(device)
+        self.n_stages = len(env.stages)
+        if options.pose == "privileged" and sources is None:
+            raise ValueError("the privileged pose teacher needs the task's source demos (data/<task>/source.hdf5)")
+        if config is not None and config.get("n_stages", self.n_stages) != self.n_stages:
+            raise ValueError(f"checkpoint has {config['n_stages']} stages, task {env.task} has {self.n_stages}")
+        self.history = ObsHistory(config["obs"]["frame_stack"], obs_keys(config)) if config else None
+        self.max_skill_steps = (config or {}).get("max_skill_steps") or [200] * self.n_stages
+        self.skill_fn = skill_fn  # optional override: fn(agent, stage, obs_batch) -> action (tests, residual RL)
+        self.obs = None
+
+    # ---------------------------------------------------------------- the three per-stage queries
+    def privileged_pose(self, i: int) -> np.ndarray:
+        """I^Priv (Sec. IV-A): the episode's source demo's initiation pose for stage i, moved with
+        the stage's reference object from where it was in the source demo to where it is now."""
+        seg = self.sources.segments[i][self.source_index]
+        ref_now = self.raw.object_pose(self.env.stages[i].reference_object)
+        return P.mat_to_pose7(P.transform_to_new_frame(seg["eef"][0], seg["ref"], ref_now))
+
+    @torch.no_grad()
+    def learned_pose(self, i: int) -> np.ndarray:
+        return self.models[i]["pose"].pose7(self.history.batch(self.device))[0]
+
+    def predict_pose(self, i: int) -> np.ndarray:
+        """The initiation pose of stage i as pose7 (pos + quat xyzw), noise included."""
+        p = self.privileged_pose(i) if self.options.pose == "privileged" else self.learned_pose(i)
+        if self.pose_offset is not None:  # App. E-A, one draw per stage so replanning is not fooled
+            p = P.apply_pose_offset(p, self.pose_offset)
+        return p
+
+    @torch.no_grad()
+    def terminated(self, i: int) -> bool:
+        if self.options.termination == "oracle":
+            return bool(self.raw.stage_done()[i])
+        prob = self.models[i]["termination"].prob(self.history.batch(self.device))
+        return float(prob[0]) > self.options.termination_threshold
+
+    @torch.no_grad()
+    def skill_action(self, i: int) -> np.ndarray:
+        if self.skill_fn is not None:
+            a = np.asarray(self.skill_fn(self, i), dtype=np.float64)
+        else:
+            pi, obs = self.models[i]["skill"], self.history.batch(self.device)
+            a = (pi.mode(obs) if self.options.deterministic_skill else pi.sample(obs))[0].cpu().double().numpy()
+        if self.options.action_noise > 0:
+            a = a.copy()
+            a[:6] += self.rng.normal(0.0, self.options.action_noise, 6)
+        return np.clip(a, -1.0, 1.0)
+
+    # ---------------------------------------------------------------- stepping
+    def _step(self, action):
+        if self.result.steps >= self.env.horizon:
+            raise _EpisodeOver
+        self.obs, _, _, _ = self.env.step(action)
+        if self.history is not None:
+            self.history.push(self.obs)
+        self.result.steps += 1
+
+    def _choose_source(self):
+        if self.sources is None:
+            return None
+        ref0 = self.raw.object_pose(self.env.stages[0].reference_object)
+        return self.sources.choose(0, ref0, self.options.source_select, self.rng)
+
+    # ---------------------------------------------------------------- Algorithm 1
+    def run_episode(self, seed: int, last_stage: int | None = None) -> EpisodeResult:
+        """One rollout from a seeded reset. last_stage: stop after that stage (skill-level
+        experiments such as Fig. 3); `success` then means that stage succeeded."""
+        r = self.begin_episode(seed)
+        try:
+            for i in range(self.n_stages if last_stage is None else last_stage + 1):
+                self.begin_stage(i)
+                if not self._connect(i):
+                    return r
+                if not self._skill(i):
+                    return r
+        except _EpisodeOver:
+            r.failure = f"stage {r.stages_attempted - 1}: evaluation horizon ({self.env.horizon} steps) reached"
+            r.stage_success += [False] * (r.stages_attempted - len(r.stage_success))
+            return r
+        r.success = self.env.success() if last_stage is None else bool(r.stage_success[last_stage])
+        if not r.success:
+            r.failure = "task not successful after the last stage"
+        return r
+
+    def begin_episode(self, seed: int) -> EpisodeResult:
+        """Seeded reset: env, observation history, noise generator, I^Priv's source demo, gripper."""
+        self.rng = np.random.default_rng(seed)
+        self.result = EpisodeResult(seed=int(seed))
+        self.obs = self.env.reset(seed=seed)
+        if self.history is not None:
+            self.history.reset(self.obs)
+        self.source_index = self._choose_source()
+        self.gripper = GRIPPER_OPEN
+        self.pose_offset = None
+        return self.result
+
+    def begin_stage(self, i: int):
+        opt = self.options
+        self.result.stages_attempted = i + 1
+        noisy = opt.pose_noise > 0 and (opt.pose_noise_stages is None or i in opt.pose_noise_stages)
+        self.pose_offset = self.rng.normal(0.0, opt.pose_noise, 6) if noisy else None  # App. E-A
+
+    def _connect(self, i: int) -> bool:
+        """Alg. 1 lines 5-12: plan to the predicted initiation pose, track it, replan on the way."""
+        r, opt = self.result, self.options
+        target = self.predict_pose(i)
+        plan = self.planner.plan(self.env, P.pose7_to_mat(target), held=self.env.held_object())
+        if not plan.success:
+            r.planner_failures += 1
+            r.failure = f"stage {i}: plan {plan.reason}"
+            r.stage_success.append(False)
+            return False
+        follower = self.planner.follow(plan, self.gripper)
+        n = 0
+        while True:
+            if opt.replan and n > 0:
+                new = self.predict_pose(i)
+                if P.replan_distance(new, target) > opt.replan_threshold:
+                    again = self.planner.replan(self.env, P.pose7_to_mat(new))
+                    if again.success:
+                        follower = self.planner.follow(again, self.gripper)
+                        r.replans += 1
+                    else:
+                        r.planner_failures += 1  # keep the old path; retry once the prediction moves again
+                    target = new
+            a = follower.step(self.env)
+            if a is None:
+                break
+            self._step(a)
+            n += 1
+        if not follower.result.success:
+            r.connect_timeouts += 1  # not within tolerance: the skill starts from where the arm is
+        r.connect_steps.append(n)
+        return True
+
+    def _skill(self, i: int) -> bool:
+        """Alg. 1 lines 13-16: run π_θi until T (oracle or learned) says the stage is done."""
+        r = self.result
+        budget = int(math.ceil(self.options.skill_budget_factor * self.max_skill_steps[i]))
+        n = 0
+        while not self.terminated(i):
+            if n >= budget:
+                r.skill_steps.append(n)
+                r.stage_success.append(False)
+                r.failure = f"stage {i}: skill did not terminate in {budget} steps"
+                return False
+            a = self.skill_action(i)
+            self.gripper = float(a[6])
+            self._step(a)
+            n += 1
+        r.skill_steps.append(n)
+        r.stage_success.append(bool(self.raw.stage_done()[i]))
+        return True
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95 % by default); (0, 1) when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def summarize(results: list[dict], n_stages: int) -> dict:
+    """Per-variant figures of eval.json from EpisodeResult dicts."""
+    n = len(results)
+    k = sum(bool(x["success"]) for x in results)
+    lo, hi = wilson_interval(k, n)
+    per_stage, skill_steps = [], []
+    for i in range(n_stages):
+        attempted = [x for x in results if x["stages_attempted"] > i]
+        ok = [x for x in attempted if len(x["stage_success"]) > i and x["stage_success"][i]]
+        per_stage.append(dict(attempted=len(attempted), succeeded=len(ok),
+                              rate=len(ok) / len(attempted) if attempted else None,
+                              reached_rate=len(ok) / n if n else None))
+        steps = [x["skill_steps"][i] for x in attempted if len(x["skill_steps"]) > i]
+        skill_steps.append(float(np.mean(steps)) if steps else None)
+    failures: dict[str, int] = {}
+    for x in results:
+        if x["failure"]:
+            key = x["failure"].split(" in ")[0]
+            failures[key] = failures.get(key, 0) + 1
+    return dict(
+        rollouts=n, successes=k, success_rate=k / n if n else None, wilson95=[lo, hi],
+        stage_success=per_stage, mean_skill_steps=skill_steps,
+        mean_episode_steps=float(np.mean([x["steps"] for x in results])) if n else None,
+        planner_failures=int(sum(x["planner_failures"] for x in results)),
+        replans=int(sum(x["replans"] for x in results)),
+        connect_timeouts=int(sum(x["connect_timeouts"] for x in results)),
+        failures=dict(sorted(failures.items(), key=lambda kv: -kv[1])),
+        seeds=[int(x["seed"]) for x in results],
+    )
