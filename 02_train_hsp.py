@@ -54,8 +54,13 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs", help="output root; files go to <out>/<task>/")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is much faster on a busy CPU)")
     p.add_argument("--steps", type=int, default=None,
                    help="gradient steps for every network (default: preset's skill/pose/termination steps)")
+    for kind in ("skill", "pose", "termination"):
+        p.add_argument(f"--{kind}-steps", type=int, default=None,
+                       help=f"gradient steps of the {kind} networks (overrides --steps and the preset)")
     p.add_argument("--epochs", type=float, default=None,
                    help="instead of --steps: passes over each network's training set")
     p.add_argument("--batch-size", type=int, default=None)
@@ -287,6 +292,8 @@ def main(argv=None) -> dict:
                  ("eval_every", args.eval_every), ("val_fraction", args.val_fraction)):
         if v is not None:
             hp[k] = v
+    if args.threads:
+        torch.set_num_threads(args.threads)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -364,7 +371,9 @@ def main(argv=None) -> dict:
             tr, va = r[~is_val[r]], r[is_val[r]]
             if len(va) > VAL_MAX_ROWS:  # a fixed subset keeps evaluations cheap on paper-size data
                 va = np.sort(rng.choice(va, VAL_MAX_ROWS, replace=False))
-            if args.steps is not None:
+            if getattr(args, f"{kind}_steps") is not None:
+                steps = getattr(args, f"{kind}_steps")
+            elif args.steps is not None:
                 steps = args.steps
             elif args.epochs is not None:
                 steps = int(math.ceil(args.epochs * len(tr) / hp["batch_size"]))

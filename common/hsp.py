@@ -93,6 +93,7 @@ class EpisodeResult:
     replans: int = 0
     planner_failures: int = 0
     connect_timeouts: int = 0
+    teacher_fallbacks: int = 0  # I^Priv switched to another source demo whose pose was reachable
     steps: int = 0
     failure: str | None = None  # why the episode ended unsuccessfully
 
@@ -131,10 +132,10 @@ class HSPAgent:
         self.obs = None
 
     # ---------------------------------------------------------------- the three per-stage queries
-    def privileged_pose(self, i: int) -> np.ndarray:
+    def privileged_pose(self, i: int, source: int | None = None) -> np.ndarray:
         """I^Priv (Sec. IV-A): the episode's source demo's initiation pose for stage i, moved with
         the stage's reference object from where it was in the source demo to where it is now."""
-        seg = self.sources.segments[i][self.source_index]
+        seg = self.sources.segments[i][self.source_index if source is None else source]
         ref_now = self.raw.object_pose(self.env.stages[i].reference_object)
         return P.mat_to_pose7(P.transform_to_new_frame(seg["eef"][0], seg["ref"], ref_now))
 
@@ -226,7 +227,22 @@ class HSPAgent:
         """Alg. 1 lines 5-12: plan to the predicted initiation pose, track it, replan on the way."""
         r, opt = self.result, self.options
         target = self.predict_pose(i)
-        plan = self.planner.plan(self.env, P.pose7_to_mat(target), held=self.env.held_object())
+        held = self.env.held_object()
+        plan = self.planner.plan(self.env, P.pose7_to_mat(target), held=held)
+        if not plan.success and opt.pose == "privileged":
+            # The teacher knows every source demo: when the chosen one's pose is out of reach here
+            # (e.g. beyond a wrist limit after a large D2 rotation), it takes another source's.
+            for k in self.rng.permutation(len(self.sources.segments[i])):
+                if k == self.source_index:
+                    continue
+                cand = self.privileged_pose(i, int(k))
+                if self.pose_offset is not None:
+                    cand = P.apply_pose_offset(cand, self.pose_offset)
+                plan = self.planner.plan(self.env, P.pose7_to_mat(cand), held=held)
+                if plan.success:
+                    self.source_index, target = int(k), cand
+                    r.teacher_fallbacks += 1
+                    break
         if not plan.success:
             r.planner_failures += 1
             r.failure = f"stage {i}: plan {plan.reason}"
@@ -313,6 +329,7 @@ def summarize(results: list[dict], n_stages: int) -> dict:
         planner_failures=int(sum(x["planner_failures"] for x in results)),
         replans=int(sum(x["replans"] for x in results)),
         connect_timeouts=int(sum(x["connect_timeouts"] for x in results)),
+        teacher_fallbacks=int(sum(x.get("teacher_fallbacks", 0) for x in results)),
         failures=dict(sorted(failures.items(), key=lambda kv: -kv[1])),
         seeds=[int(x["seed"]) for x in results],
     )

@@ -1,5 +1,4 @@
 """01_generate.py end to end: source demos, generation, labels, replay, resume, determinism."""
-import importlib.util
 import os
 import shutil
 
@@ -8,11 +7,9 @@ import pytest
 
 from common import data as D
 from common.env import make_env
+from conftest import load_script
 
-_spec = importlib.util.spec_from_file_location(
-    "generate", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "01_generate.py"))
-generate = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(generate)
+generate = load_script("generate", "01_generate.py")
 
 TASKS = ["Threading_D2", "Coffee_D2"]
 
