@@ -3,9 +3,14 @@
 For every task scene (start: reset with D2 placement) and N random targets per task, each target a
 plausible skill initiation pose (6-10 cm above the top of a random object, top-down gripper with a
 random yaw folded into the wrist's comfortable range), both modes plan from the same start state
-and execute the plan in MuJoCo with OSC delta-pose actions. Reported per task and mode: planning
-success, median / p95 planning time, reaching error at the end of execution (mm, deg), execution
-steps, and robot-scene contacts counted in MuJoCo along the executed paths.
+and execute the plan in MuJoCo with OSC delta-pose actions (gripper command: open; the planner is
+told so, the fingers open during the first steps). Reported per task and mode: planning success,
+median / p95 planning time, reaching error at the end of execution (mm, deg), execution steps, and
+robot-scene contacts counted in MuJoCo after every executed step (every contact counts, also one
+that the start state already had and that persists into the first steps). Some resets already have
+the gripper touching the scene (e.g. Coffee_D2's pod holder or lid right beside the start pose):
+"start in contact" counts those runs, "retreats" the plans that begin with a retreat from the
+contact (common/planner.py).
 
     PYTHONPATH=. nice -n 5 python bench/bench_planner.py [--n 100] [--tasks Threading_D2 ...]
 """
@@ -88,15 +93,22 @@ def run_task(task, n, seed, time_budget, modes, start="reset"):
                 if o2 in others:
                     break
             pl0 = planners.get("ompl") or next(iter(planners.values()))
-            r0 = pl0.plan(env, pre, mode="ompl")
+            r0 = pl0.plan(env, pre, mode="ompl", gripper=GRIPPER_OPEN)
             if r0.success:
                 pl0.execute(env, r0, GRIPPER_OPEN)
         state = env.get_state()
+        # the gripper's command state lives in robosuite's gripper object, not in the sim state:
+        # every mode starts from the same one
+        gripper = raw.robots[0].gripper["right"]
+        gripper_cmd = np.array(gripper.current_action, copy=True)
+        start_contact = raw.contacts_between(robot_g, scene_g) > 0
         for mode, pl in planners.items():
             env.reset_to(state)
-            res = pl.plan(env, target)
+            gripper.current_action = gripper_cmd.copy()
+            res = pl.plan(env, target, gripper=GRIPPER_OPEN)
             row = dict(ok=res.success, reason=res.reason, t=res.plan_time, obj=obj,
-                       planner=res.info.get("planner", mode))
+                       planner=res.info.get("planner", mode), start_contact=start_contact,
+                       retreat=res.retreat_end is not None)
             if res.success:
                 contacts = [0, 0]  # contacts summed over steps, steps with any contact
 
@@ -128,12 +140,16 @@ def summarize(task, mode, rows):
         if not r["ok"]:
             reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     direct = sum(r["planner"] == "direct" for r in ok)
+    start_contact = sum(r["start_contact"] for r in rows)
+    retreats = sum(r["retreat"] for r in ok)
     med = lambda a: float(np.median(a)) if len(a) else float("nan")  # noqa: E731
     p95 = lambda a: float(np.percentile(a, 95)) if len(a) else float("nan")  # noqa: E731
     return (f"| {task} | {mode} | {n} | {100 * len(ok) / n:.1f} | {100 * sum(r['reached'] for r in ex) / max(n, 1):.1f} "
             f"| {med(t):.1f} | {p95(t):.1f} | {med(pe):.1f} / {p95(pe):.1f} | {med(re):.2f} / {p95(re):.2f} "
             f"| {med([r['steps'] for r in ex]):.0f} | {sum(r['contacts'] > 0 for r in ex)} "
-            f"| {sum(r['contacts'] for r in ex)} | {direct} | {', '.join(f'{k}: {v}' for k, v in reasons.items()) or '-'} |")
+            f"| {sum(r['contacts'] for r in ex)} | {sum(r['contact_steps'] for r in ex)} "
+            f"| {start_contact} | {retreats} "
+            f"| {direct} | {', '.join(f'{k}: {v}' for k, v in reasons.items()) or '-'} |")
 
 
 def main():
@@ -150,8 +166,9 @@ def main():
     t0 = time.time()
     lines = ["| task | mode | N | plan success % | reached % | plan ms median | plan ms p95 "
              "| reach err mm median / p95 | reach err deg median / p95 | exec steps median "
-             "| runs with contact | contacts (sum over steps) | direct joint paths | failures |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| runs with contact | contacts (sum over steps) | steps with contact | start in contact | retreats "
+             "| direct joint paths | failures |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for task in tasks:
         rows = run_task(task, args.n, args.seed, args.time_budget, args.modes, args.start)
         for mode in args.modes:

@@ -21,6 +21,14 @@ collision-free), the straight joint-space segment if it is collision-free, else 
 the 7-D joint space with path simplification. `mode="linear"` instead interpolates the end-effector
 pose in task space without collision checks, as MimicGen does.
 
+A start touching the scene (a skill's end state, or a reset right beside a fixture), or closer than
+`retreat_clearance`, first gets a retreat: the grip site translated 2-7 cm away from the contacts
+(their normals, up, back along the fingers) along a straight joint segment that brings nothing
+closer, tracked with the gripper command held; the rest of the path then keeps the full clearance.
+Given the gripper command the path will be executed with (`plan(..., gripper=)`), the collision
+checks include the fingers at the openings they pass through on the way (they open or close in the
+first steps of the execution, while the arm already moves).
+
 Execution: the joint path becomes dense grip-site waypoints (forward kinematics) that are tracked
 closed-loop with the skills' own action space, normalized OSC delta poses
 (`common.scripted.pose_action`), until the end-effector is within tolerance of the target.
@@ -52,6 +60,9 @@ TIMEOUT = "timeout"
 # shortcutting: interpolate the path to this many states, try this many shortcuts per batch, stop
 # after this many batches without gain
 SIMPLIFY_POINTS, SIMPLIFY_BATCH, SIMPLIFY_IDLE, SIMPLIFY_MAX_BATCHES = 30, 6, 3, 12
+# retreat from a start in contact: grip-site translations tried (m); tracked with this lookahead (m)
+# and left once the grip site is this close to its end (m)
+RETREAT_DISTANCES, RETREAT_LOOKAHEAD, RETREAT_TOL = (0.02, 0.035, 0.05, 0.07), 0.05, 0.004
 _OMPL_SEEDED = False
 
 # Robot links of pybullet_data/franka_panda/panda.urdf (link index = joint index)
@@ -66,6 +77,11 @@ _HAND_LINKS = (7, 8, 9, 10, 11)  # link8, hand, fingers, grasp target: may touch
 # take part in arm self-collision.
 _G_ROBOT, _G_SCENE, _G_HELD, _G_TOOL, _G_HAND = 1, 2, 4, 8, 16
 _GRIPPER_LINKS = (8, 9, 10, 11)
+# Finger motion under a gripper command: each finger body's swept volume (convex hulls of its geoms
+# at both ends of the motion), the motion's length rounded up to _SWEEP_QUANTUM (m) so that a few
+# cached shapes serve every plan; parked at _SWEEP_PARK while unused.
+_SWEEP_QUANTUM, _SWEEP_PARK = 0.002, [10.0, 10.0, -100.0]
+GRIPPER_HOLD = 0.0  # robosuite grippers integrate the command's sign: 0 keeps the fingers' command
 
 
 def _raw(env):
@@ -126,6 +142,7 @@ class PlanResult:
     plan_time: float = 0.0
     held: str | None = None
     info: dict = field(default_factory=dict)
+    retreat_end: int | None = None  # waypoints[:retreat_end + 1]: a retreat from a start in contact
 
     def __bool__(self):
         return self.success
@@ -256,8 +273,11 @@ class Planner:
         time_budget: seconds given to RRT-Connect per plan (simplification is bounded by a
             number of shortcut batches, not by time, to stay reproducible).
         margin: required clearance (m) between robot/held object and the scene. Relaxed for a plan
-            whose goal is closer than that, and per (robot link, scene geom) pair for pairs already closer
-            at the start (so a plan can leave a contact-rich skill end state).
+            whose goal is closer than that, and, when no retreat is made (or none is found), per
+            (robot link, scene geom) pair for pairs already closer at the start (so a plan can leave
+            a contact-rich skill end state).
+        retreat: start with a short straight retreat when the start is closer to the scene than
+            `retreat_clearance` (m), so the rest of the path needs no relaxed pairs.
         start_tol: a start penetrating the mirrored scene deeper than this is "start_in_collision"
             unless MuJoCo itself finds no robot-scene penetration deeper than start_tol (the
             pybullet Panda is slightly bulkier than robosuite's); the mirror may then disagree with
@@ -268,7 +288,7 @@ class Planner:
     def __init__(self, env, mode: str = "ompl", time_budget: float = 1.0,
                  margin: float = 0.01, ik_restarts: int = 30, ik_pos_tol: float = 0.002,
                  ik_rot_tol: float = math.radians(2.0), start_tol: float = 0.004, max_model_error: float = 0.02,
-                 seed: int | None = None):
+                 retreat: bool = True, retreat_clearance: float = 0.005, seed: int | None = None):
         if mode not in ("ompl", "linear"):
             raise ValueError(f"unknown planner mode {mode!r}; use 'ompl' or 'linear'")
         import pybullet as pb
@@ -279,12 +299,16 @@ class Planner:
         self.margin, self.ik_restarts, self.start_tol = margin, ik_restarts, start_tol
         self.max_model_error = max_model_error
         self.ik_pos_tol, self.ik_rot_tol = ik_pos_tol, ik_rot_tol
+        self.retreat, self.retreat_clearance = retreat, retreat_clearance
         self.rng = np.random.default_rng(seed)
         _seed_ompl(seed)
         self.cid = pb.connect(pb.DIRECT)
         self._held = None  # (pb body, T_hand_obj, root mj body, [mj bodies]) while planning with a held object
         self._tool = []
-        self._last_target, self._last_held, self._last_ignore = None, None, ()
+        self._finger_bodies = {}  # mj body of a finger joint -> [(mj body, [geoms])] moved by that joint
+        self._ghosts, self._ghost_active = [], True  # swept finger volumes in use: [pb body, mj body, T_hand_body]
+        self._sweep_cache = {}  # (mj body, signed length in quanta) -> pb body
+        self._last_target, self._last_held, self._last_ignore, self._last_gripper = None, None, (), None
 
         raw = _raw(env)
         m, d = raw.sim.model._model, raw.sim.data._data
@@ -350,6 +374,11 @@ class Planner:
             tb = self._make_body(geoms, 0.0, _G_TOOL, _G_SCENE, mass=0.1) if geoms else None
             if tb is not None:
                 self._tool.append([tb, b, np.eye(4)])
+                jb = self._finger_joint_body(b, grip_root)
+                if jb is not None:
+                    self._finger_bodies.setdefault(jb, []).append((b, geoms))
+        self._finger_ends = self._finger_open_closed(raw)
+        self._scratch = mujoco.MjData(m)  # kinematics of other finger openings
         # movable bodies: anything not welded to the world (has a joint on the way up to world)
         self._movable = [b for b in self.scene if self._is_movable(b)]
         self._held_cache = {}  # mj root body -> (pybullet body, [mj bodies])
@@ -371,6 +400,144 @@ class Planner:
         self.sync(env, all_bodies=True)
 
     # ------------------------------------------------------------------ world construction
+    def _finger_joint_body(self, b, grip_root):
+        """The body of the nearest joint between gripper body b and grip_root (the finger joint
+        moving b relative to the hand), or None if b is rigid with the hand."""
+        m = self._m
+        while b > 0 and b != grip_root:
+            if m.body_jntnum[b] > 0:
+                return b
+            b = m.body_parentid[b]
+        return None
+
+    def _finger_open_closed(self, raw):
+        """(open, closed) qpos values of the gripper joints (`self._fidx`): for each joint the end
+        of its range that puts its body farther from / nearer to the grip site."""
+        import mujoco
+        m, d = self._m, raw.sim.data._data
+        scratch = mujoco.MjData(m)
+        site = raw.eef_site_id
+        opened, closed = [], []
+        for adr in self._fidx:
+            j = int(np.flatnonzero(m.jnt_qposadr == adr)[0])
+            lo, hi = m.jnt_range[j]
+            dist = []
+            for v in (lo, hi):
+                scratch.qpos[:] = d.qpos
+                scratch.qpos[adr] = v
+                mujoco.mj_kinematics(m, scratch)
+                dist.append(np.linalg.norm(scratch.xpos[m.jnt_bodyid[j]] - scratch.site_xpos[site]))
+            opened.append(hi if dist[1] >= dist[0] else lo)
+            closed.append(lo if dist[1] >= dist[0] else hi)
+        return np.array(opened), np.array(closed)
+
+    def _finger_sweep(self, env, gripper):
+        """Model the fingers' motion under gripper command `gripper` (robosuite's convention: < 0
+        opens, > 0 closes, 0 or None holds): each finger gets the volume it sweeps from its current
+        opening to the commanded end of its joint range (a slide joint translates it: the convex
+        hull of the finger at both ends, which contains the exact sweep), checked along the whole
+        path besides the current fingers (they move in the first few steps of the execution, while
+        the arm already moves). Returns the number of swept volumes in use."""
+        import mujoco
+        self._clear_sweep()
+        if gripper is None or gripper == 0 or not self._finger_bodies:
+            return 0
+        d = _raw(env).sim.data._data
+        now = d.qpos[self._fidx].copy()
+        end = self._finger_ends[0] if gripper < 0 else self._finger_ends[1]
+        if np.max(np.abs(end - now)) < 1e-3:
+            return 0
+        m, sc = self._m, self._scratch
+        sc.qpos[:] = d.qpos
+        sc.qpos[self._fidx] = end
+        mujoco.mj_kinematics(m, sc)
+        pose = lambda data, b: P.make_pose(data.xpos[b], data.xmat[b].reshape(3, 3))  # noqa: E731
+        for jb, parts in self._finger_bodies.items():
+            T_now = pose(d, jb)
+            rel = P.pose_inv(T_now) @ pose(sc, jb)  # a translation along the slide axis, in jb's frame
+            length = float(np.linalg.norm(rel[:3, 3]))
+            if length < 1e-3 or P.rotation_angle(rel[:3, :3], np.eye(3)) > 1e-3:
+                continue  # not a translation (e.g. a hinged finger): keep the current one only
+            quanta = int(math.ceil(length / _SWEEP_QUANTUM))
+            axis = rel[:3, 3] / length
+            key = (jb, tuple(np.round(axis, 3)), quanta)
+            if key not in self._sweep_cache:
+                frames = {b: P.pose_inv(T_now) @ pose(d, b) for b, _ in parts}  # rigid within the finger
+                self._sweep_cache[key] = self._make_sweep_body(parts, frames, axis * quanta * _SWEEP_QUANTUM)
+            gb = self._sweep_cache[key]
+            if gb is not None:
+                T_hand = P.pose_inv(self.kin.hand(self._q_now)) @ T_now
+                self._ghosts.append([gb, jb, T_hand])
+        self._set_q(self._q_now)
+        return len(self._ghosts)
+
+    def _clear_sweep(self):
+        for gh in self._ghosts:
+            self.pb.resetBasePositionAndOrientation(gh[0], _SWEEP_PARK, [0, 0, 0, 1], physicsClientId=self.cid)
+        self._ghosts = []
+
+    def _geom_points(self, g):
+        """Points (geom frame) whose convex hull is MuJoCo geom g (sampled for round shapes, scaled
+        out so the hull contains the shape); None for types not mirrored."""
+        m = self._m
+        t, s = int(m.geom_type[g]), m.geom_size[g]
+        if t == 6:  # box
+            return np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]) * s
+        if t == 7:  # mesh
+            mid = m.geom_dataid[g]
+            a, n = m.mesh_vertadr[mid], m.mesh_vertnum[mid]
+            return np.array(m.mesh_vert[a:a + n], dtype=np.float64)
+        u = self._sphere_points() * 1.06  # the hull of 60 points on a sphere lies within 6 % of it
+        if t == 2:
+            return u * s[0]
+        if t == 4:
+            return u * s[:3]
+        if t == 3:  # capsule
+            return np.concatenate([u * s[0] + [0, 0, s[1]], u * s[0] - [0, 0, s[1]]])
+        if t == 5:  # cylinder
+            a = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+            c = np.stack([np.cos(a), np.sin(a)], axis=1) * s[0] * 1.005
+            return np.concatenate([np.c_[c, np.full(32, s[1])], np.c_[c, np.full(32, -s[1])]])
+        return None
+
+    def _make_sweep_body(self, parts, frames, shift):
+        """A pybullet body (frame: the finger joint body's) holding the convex hull of a finger's
+        geoms (`parts`: [(mj body, [geoms])], `frames`: mj body -> pose in the finger's frame) at
+        its current place and translated by `shift`: the volume the finger sweeps. One hull per
+        finger (one collision object; it also fills the small gaps between the finger's geoms)."""
+        pb, m, cid = self.pb, self._m, self.cid
+        pts, kept = [], []
+        for b, geoms in parts:
+            for g in geoms:
+                v = self._geom_points(g)
+                if v is None:
+                    continue
+                T = frames[b] @ P.make_pose(m.geom_pos[g], P.quat_to_mat(_mj_quat_to_xyzw(m.geom_quat[g])))
+                pts.append(v @ T[:3, :3].T + T[:3, 3])
+                kept.append(int(g))
+        if not pts:
+            return None
+        v = np.concatenate(pts)
+        v = np.concatenate([v, v + shift])
+        try:
+            from scipy.spatial import ConvexHull
+            v = v[ConvexHull(v).vertices]
+        except Exception:
+            pass
+        sid = pb.createCollisionShape(pb.GEOM_MESH, vertices=v.tolist(), physicsClientId=cid)
+        if sid is None or sid < 0:
+            return None
+        bid = pb.createMultiBody(
+            baseMass=0.0, baseCollisionShapeIndex=-1, basePosition=_SWEEP_PARK, baseOrientation=[0, 0, 0, 1],
+            linkMasses=[0.1], linkCollisionShapeIndices=[sid], linkVisualShapeIndices=[-1],
+            linkPositions=[[0, 0, 0]], linkOrientations=[[0, 0, 0, 1]], linkInertialFramePositions=[[0, 0, 0]],
+            linkInertialFrameOrientations=[[0, 0, 0, 1]], linkParentIndices=[0], linkJointTypes=[pb.JOINT_FIXED],
+            linkJointAxis=[[0, 0, 1]], physicsClientId=cid)
+        for li in (-1, 0):
+            pb.setCollisionFilterGroupMask(bid, li, _G_TOOL, _G_SCENE, physicsClientId=cid)
+        self._geoms_of[bid] = kept[:1]  # named after the finger's first geom in collision reports
+        return bid
+
     def _is_movable(self, b) -> bool:
         m = self._m
         while b > 0:
@@ -476,6 +643,7 @@ class Planner:
         for b in (self.scene if all_bodies else set(self._movable) | self._parked):
             self._place(b, d.xpos[b], _mj_quat_to_xyzw(d.xquat[b]))
         self._parked.clear()
+        self._clear_sweep()  # no finger sweep until a plan asks for one
         return self
 
     def _place(self, b, pos, quat_xyzw):
@@ -498,6 +666,9 @@ class Planner:
         for tb, _, T_hb in self._tool:
             T = H @ T_hb
             pb.resetBasePositionAndOrientation(tb, T[:3, 3].tolist(), _quat_xyzw(T), physicsClientId=self.cid)
+        for gb, _, T_hb in (self._ghosts if self._ghost_active else ()):
+            T = H @ T_hb
+            pb.resetBasePositionAndOrientation(gb, T[:3, 3].tolist(), _quat_xyzw(T), physicsClientId=self.cid)
         if self._held is not None:
             hb, T_ho = self._held[0], self._held[1]
             T = H @ T_ho
@@ -739,19 +910,27 @@ class Planner:
 
     # ------------------------------------------------------------------ planning
     def plan(self, env, target, held: str | None = None, ignore=(), time_budget: float | None = None,
-             sync: bool = True, mode: str | None = None) -> PlanResult:
+             sync: bool = True, mode: str | None = None, gripper: float | None = None) -> PlanResult:
         """Plan from the env's current state to grip-site pose `target` (4x4 world).
 
         held: name of an object held in the gripper (moves with the hand, collision-checked).
         ignore: object names left out of collision checking (e.g. one the gripper touches now).
+        gripper: the gripper command the plan will be executed with (< 0 opens, > 0 closes). The
+            fingers move during the first steps of the execution: with a command that moves them,
+            the path is checked with the fingers at every opening from the current one to the
+            commanded one. None (default): the fingers as they are now.
         """
         t0 = time.perf_counter()
         mode = mode or self.mode
         target = np.asarray(target, dtype=np.float64)
         self._last_target, self._last_held, self._last_ignore = target, held, tuple(ignore)
+        self._last_gripper = gripper
         try:
             if sync:
                 self.sync(env)
+            # fingers closing on a held object stay where they are
+            closing_on_held = held is not None and gripper is not None and gripper > 0
+            self._finger_sweep(env, None if mode == "linear" or closing_on_held else gripper)
             self._detach()
             if held is not None:
                 self._attach(env, held)
@@ -774,12 +953,14 @@ class Planner:
         res.plan_time = time.perf_counter() - t0
         return res
 
-    def replan(self, env, new_target, held="__last__", ignore="__last__", time_budget=None) -> PlanResult:
+    def replan(self, env, new_target, held="__last__", ignore="__last__", time_budget=None,
+               gripper="__last__") -> PlanResult:
         """Plan again from the current sim state to a new target, reusing the world (only joints
-        and object poses are re-synced). held/ignore default to the previous call's."""
+        and object poses are re-synced). held/ignore/gripper default to the previous call's."""
         held = self._last_held if held == "__last__" else held
         ignore = self._last_ignore if ignore == "__last__" else ignore
-        return self.plan(env, new_target, held=held, ignore=ignore, time_budget=time_budget)
+        gripper = self._last_gripper if isinstance(gripper, str) and gripper == "__last__" else gripper
+        return self.plan(env, new_target, held=held, ignore=ignore, time_budget=time_budget, gripper=gripper)
 
     def _plan_linear(self, env, target) -> PlanResult:
         start = _raw(env).eef_pose()
@@ -790,17 +971,23 @@ class Planner:
 
     def _plan_ompl(self, env, target, budget, t0) -> PlanResult:
         q_start = self._q_now.copy()
-        start = self._scene_contacts(q_start)
-        c_start = min(start.values(), default=self.margin) if start is not None else -math.inf
-        info = {"start_clearance": c_start}
-        if c_start < -self.start_tol:
+        sweep = bool(self._ghosts)
+        self._ghosts_on(False)
+        now = self._scene_contacts(q_start)  # the fingers as they are
+        self._ghosts_on(True)
+        start = self._scene_contacts(q_start) if sweep else now  # and as they move under the command
+        c_now = min(now.values(), default=self.margin) if now is not None else -math.inf
+        info = {"start_clearance": c_now}
+        if c_now < -self.start_tol:
             # The pybullet Panda (its finger meshes especially) is a little bigger than robosuite's:
             # trust the sim. A start that MuJoCo finds contact-free (or only touching) may start
             # inside the mirror; those pairs get a threshold relaxed to their start clearance.
             skip = set(self._held[3]) if self._held is not None else set()
             skip |= self._parked
-            if start is None or c_start < -self.max_model_error or self._mj_penetration(env, skip) < -self.start_tol:
+            if now is None or c_now < -self.max_model_error or self._mj_penetration(env, skip) < -self.start_tol:
                 return PlanResult(False, START_IN_COLLISION, "ompl", target, info=info)
+        c_start = min(start.values(), default=self.margin)
+        info["start_clearance_sweep"] = c_start
         cands = self._ik_candidates(target, None, True, self.margin * 0.999, 3)
         if not cands:
             return PlanResult(False, IK_FAILED, "ompl", target, info=info)
@@ -811,23 +998,103 @@ class Planner:
         thr = min(self.margin * 0.999, c_goal - 0.001)
         pair_thr = {k: min(thr, v - 0.001) for k, v in start.items() if v - 0.001 < thr}
         info["threshold"] = thr
+
+        # 0) a start touching the scene (or about to, once the fingers move): first a short
+        # straight retreat away from the contacts with the fingers held, after which the whole
+        # path keeps the full clearance. Without one, the close pairs keep a threshold relaxed to
+        # their start clearance along the whole path (they may stay that close).
+        q_from = q_start
+        if self.retreat and pair_thr and c_start < self.retreat_clearance:
+            q_r = self._find_retreat(q_start, now, thr, info)
+            info["retreat"] = q_r is not None
+            if q_r is not None:
+                q_from, pair_thr = q_r, {}
         info["relaxed_pairs"] = len(pair_thr)
         valid = self._validity(thr, pair_thr)
 
         # 1) the straight joint-space segment
-        direct = self._segment_valid(q_start, q_goal, valid)
+        direct = self._segment_valid(q_from, q_goal, valid)
         if direct:
-            path = np.stack([q_start, q_goal])
+            path = np.stack([q_from, q_goal])
             info["planner"] = "direct"
         else:
-            path = self._rrt_connect(q_start, q_goal, valid, max(budget - (time.perf_counter() - t0), 0.01), info)
+            path = self._rrt_connect(q_from, q_goal, valid, max(budget - (time.perf_counter() - t0), 0.01), info)
             if path is None:
                 return PlanResult(False, NO_PATH, "ompl", target, goal_q=q_goal, info=info)
             info["planner"] = "rrtconnect"
         dense = self._densify(path)
+        retreat_end = None
+        if q_from is not q_start:  # the retreat, densely (tracked closely), then the path
+            back = self._densify(np.stack([q_start, q_from]), step=0.004)
+            retreat_end = len(back) - 1
+            dense = np.concatenate([back, dense[1:]])
+            path = np.concatenate([q_start[None], path])
         wps = np.stack([self.kin.fk(q) for q in dense])
         wps[-1] = target
-        return PlanResult(True, "", "ompl", target, joint_path=path, waypoints=wps, goal_q=q_goal, info=info)
+        return PlanResult(True, "", "ompl", target, joint_path=path, waypoints=wps, goal_q=q_goal, info=info,
+                          retreat_end=retreat_end)
+
+    def _ghosts_on(self, on: bool):
+        """Switch the finger-sweep copies into (placed at the next `_set_q`) or out of the world."""
+        self._ghost_active = on
+        if not on:
+            for gh in self._ghosts:
+                self.pb.resetBasePositionAndOrientation(gh[0], _SWEEP_PARK, [0, 0, 0, 1], physicsClientId=self.cid)
+
+    def _away_direction(self, q, thr):
+        """Unit vector (world) pointing away from the scene at joints q: the contact normals of
+        the pairs closer than thr, weighted by how much closer; None without such pairs."""
+        pb, cid, scene = self.pb, self.cid, self._scene_ids
+        self._set_q(q)
+        pb.performCollisionDetection(physicsClientId=cid)
+        acc = np.zeros(3)
+        for c in pb.getContactPoints(physicsClientId=cid):
+            if c[1] in scene:  # normal on B (robot side) points toward A (the scene)
+                away = -np.asarray(c[7])
+            elif c[2] in scene:
+                away = np.asarray(c[7])
+            else:
+                continue
+            w = thr - (c[8] + self.margin)
+            if w > 0:
+                acc += w * away
+        n = np.linalg.norm(acc)
+        return acc / n if n > 1e-9 else None
+
+    def _find_retreat(self, q_start, now, thr, info):
+        """Joints a few cm from q_start, grip site translated away from the scene (contact normals,
+        up, back along the fingers), clear of the scene by thr with the finger sweep, and reached
+        from q_start along a straight joint segment that brings no pair closer than it is now
+        (fingers held). None if no candidate qualifies."""
+        E0 = self.kin.fk(q_start)
+        up = np.array([0.0, 0.0, 1.0])
+        away = self._away_direction(q_start, thr)
+        dirs = []
+        cands = ([away, away + up] if away is not None else []) + [up, -E0[:3, 2], up - E0[:3, 2]]
+        for u in cands:
+            n = np.linalg.norm(u)
+            if n > 1e-6 and all(float(u @ v) / n < 0.97 for v in dirs):
+                dirs.append(u / n)
+        relaxed = {k: min(thr, v - 0.001) for k, v in now.items() if v - 0.001 < thr}
+        held_fingers = self._validity(thr, relaxed)
+        try:
+            for dist in RETREAT_DISTANCES:
+                for u in dirs:
+                    T = E0.copy()
+                    T[:3, 3] += dist * u
+                    q = self._dls(T, q_start)
+                    if q is None or np.max(np.abs(q - q_start)) > 0.6:
+                        continue
+                    self._ghosts_on(True)
+                    if not self.clearance(q) > thr:
+                        continue
+                    self._ghosts_on(False)
+                    if self._segment_valid(q_start, q, held_fingers, step=0.01):
+                        info["retreat_dist"], info["retreat_dir"] = dist, u.round(3).tolist()
+                        return q
+        finally:
+            self._ghosts_on(True)
+        return None
 
     @staticmethod
     def _densify(path, step=0.03) -> np.ndarray:
@@ -955,7 +1222,10 @@ class PathFollower:
 
     Each `step(env)` reads the current eef pose, advances a carrot along the waypoints (the next
     waypoint farther than `lookahead` / `rot_lookahead`), and returns the action toward it, or None
-    when done (`result` then holds the ExecResult). The gripper command is held constant.
+    when done (`result` then holds the ExecResult). The gripper command is held constant, except
+    along a plan's retreat from a start in contact (`PlanResult.retreat_end`): that part is tracked
+    closely (lookahead RETREAT_LOOKAHEAD, until the grip site is within RETREAT_TOL of its end) with
+    the gripper command GRIPPER_HOLD, so the fingers do not move before they are clear.
     """
 
     def __init__(self, plan: PlanResult, gripper: float, pos_tol: float = 0.004, rot_tol: float = math.radians(2.0),
@@ -967,6 +1237,7 @@ class PathFollower:
         self.lookahead, self.rot_lookahead, self.speed = lookahead, rot_lookahead, speed
         self.max_steps = max_steps if max_steps is not None else 40 + 2 * len(self.wps)
         self.i, self.steps, self.result = 0, 0, None
+        self.retreat_end = getattr(plan, "retreat_end", None)
 
     @property
     def done(self) -> bool:
@@ -988,6 +1259,15 @@ class PathFollower:
         if self.steps >= self.max_steps:
             self.result = ExecResult(False, TIMEOUT, self.steps, pe, re)
             return None
+        if self.retreat_end is not None:
+            k = self.retreat_end
+            if np.linalg.norm(self.wps[k][:3, 3] - eef[:3, 3]) < RETREAT_TOL:
+                self.retreat_end, self.i = None, max(self.i, k)
+            else:
+                while self.i < k and np.linalg.norm(self.wps[self.i][:3, 3] - eef[:3, 3]) < RETREAT_LOOKAHEAD:
+                    self.i += 1
+                self.steps += 1
+                return pose_action(eef, self.wps[self.i], GRIPPER_HOLD, max_pos=self.speed, max_rot=self.speed)
         while self.i < last:
             w = self.wps[self.i]
             if (np.linalg.norm(w[:3, 3] - eef[:3, 3]) < self.lookahead

@@ -135,10 +135,18 @@ class Demonstrator:
         self.failed = f"stage {self.stage}: tracking timed out"
         return False
 
-    def connect(self, target_T, gripper=None, held: str | None = None, **follow_kw) -> bool:
+    def connect(self, target_T, gripper=None, held: str | None = None, fallback: bool = False,
+                retry_budget: float = 3.0, **follow_kw) -> bool:
         """Free-space move with the motion planner (collision-free joint-space path tracked with
         OSC actions). Joint-space paths avoid the wrist-limit traps that straight Cartesian
-        servoing runs into on long rotations; the planner is built once per env."""
+        servoing runs into on long rotations; the planner is built once per env. The planner is
+        told the gripper command, so the fingers' opening or closing on the way is checked too.
+
+        fallback (opt-in; off: a failed plan or a timed-out path fails the demo): when planning
+        fails, plan once more with `retry_budget` seconds of RRT-Connect (and fresh IK restarts);
+        when that fails too, or the path's tracking times out, servo straight to the target
+        (`move`, no collision checking), as CoffeePreparation's own connect does. Each use is
+        counted in `self.connect_fallbacks` ("retry", "servo")."""
         if self.failed:
             return False
         if gripper is not None:
@@ -147,14 +155,27 @@ class Demonstrator:
         if planner is None:
             from .planner import Planner
             planner = self.env._kit_planner = Planner(self.env, seed=0)
-        plan = planner.plan(self.env, target_T, held=held)
-        if not plan.success:
+        plan = planner.plan(self.env, target_T, held=held, gripper=self.gripper)
+        if not plan.success and fallback:
+            self._count_fallback("retry")
+            plan = planner.plan(self.env, target_T, held=held, gripper=self.gripper, time_budget=retry_budget)
+        if plan.success:
+            res = planner.execute(self.env, plan, self.gripper, step_fn=self.step, **follow_kw)
+            if res.success or not fallback:
+                if not res.success:
+                    self.failed = f"stage {self.stage}: connect {res.reason}"
+                return res.success
+        elif not fallback:
             self.failed = f"stage {self.stage}: plan {plan.reason}"
             return False
-        res = planner.execute(self.env, plan, self.gripper, step_fn=self.step, **follow_kw)
-        if not res.success:
-            self.failed = f"stage {self.stage}: connect {res.reason}"
-        return res.success
+        self._count_fallback("servo")
+        kw = follow_kw.get
+        return self.move(target_T, max_steps=kw("max_steps") or 150, pos_tol=kw("pos_tol", 0.004),
+                         rot_tol=max(kw("rot_tol", 0.05), 0.05), speed=kw("speed", 1.0))
+
+    def _count_fallback(self, kind: str):
+        self.connect_fallbacks = getattr(self, "connect_fallbacks", {})
+        self.connect_fallbacks[kind] = self.connect_fallbacks.get(kind, 0) + 1
 
     def actuate(self, gripper: float, steps: int = 8):
         """Open/close the gripper while holding the current pose target."""

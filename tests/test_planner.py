@@ -11,7 +11,7 @@ import robosuite
 import common  # noqa: F401  (registers the kit's tasks)
 from common import pose as P
 from common.env import KitEnv, KitTask, box_geom, make_env, uniform_sampler, xml_object
-from common.planner import GOAL_IN_COLLISION, IK_FAILED, START_IN_COLLISION, Planner
+from common.planner import GOAL_IN_COLLISION, IK_FAILED, START_IN_COLLISION, Planner, PlanResult
 from common.scripted import GRIPPER_CLOSED, GRIPPER_OPEN, Demonstrator, top_down
 
 WALL_POS = (-0.1, 0.15, 0.92)
@@ -329,3 +329,111 @@ def test_replan_reuses_world(threading_env):
         assert ex.success and ex.pos_err < 0.005
     finally:
         pl.close()
+
+
+def test_start_in_contact_retreats_then_plans_clear(wall_env):
+    """A start pressing the closed fingers onto the wall's top (as after a contact-rich skill, or a
+    reset beside a fixture): the plan begins with a short straight retreat tracked with the fingers
+    held, then opens them (the planner models the opening) and keeps clear of the wall."""
+    env = wall_env
+    env.reset(seed=0)
+    raw = env.raw
+    wall = [raw.sim.model.geom_name2id("wall_geom")]
+    robot = _robot_geoms(raw)
+    d = Demonstrator(env, np.random.default_rng(0), record=False)
+    R = top_down(np.pi / 2)  # fingers close across the wall (along world y)
+    top = WALL_POS[2] + WALL_HALF[2]
+    d.actuate(GRIPPER_CLOSED, steps=10)
+    d.move(P.make_pose([-0.1, 0.15, top + 0.03], R), max_steps=100)
+    d.move(P.make_pose([-0.1, 0.15, top + 0.004], R), speed=0.3, max_steps=60, pos_tol=0.002)
+    d.hold(3)
+    assert raw.contacts_between(robot, wall) > 0  # the precondition: touching the wall
+    pl = Planner(env, seed=0)
+    try:
+        res = pl.plan(env, P.make_pose([0.0, -0.05, 1.0], top_down(0.3)), gripper=GRIPPER_OPEN)
+        assert res.success, res.reason
+        assert res.retreat_end is not None and res.info["relaxed_pairs"] == 0
+        # the rest of the path keeps the full clearance, with the fingers open or opening
+        dense = pl._densify(res.joint_path[1:], step=0.01)
+        assert all(pl.clearance(q) > 0.0 for q in dense)
+        per_step, grip = [], []
+
+        def step(a):
+            grip.append(a[6])
+            out = env.step(a)
+            per_step.append(raw.contacts_between(robot, wall))
+            return out
+        ex = pl.execute(env, res, GRIPPER_OPEN, step_fn=step)
+        assert ex.success, ex
+        assert sum(per_step[1:]) == 0, per_step[:10]  # at most the start's contact, one step long
+        assert grip[0] == 0.0 and grip[-1] == GRIPPER_OPEN  # fingers held while retreating
+        assert env.gripper_qpos()[0] > 0.035  # and open at the end
+    finally:
+        pl.close()
+
+
+def test_plan_models_the_fingers_opening(wall_env):
+    """Closed fingers 6 mm beside the wall, clear of it; opened, one would be inside it. A plan that
+    is told the gripper command (open) keeps the opening fingers off the wall; one that checks the
+    fingers as they are lets them open into it while the arm moves off."""
+    env = wall_env
+    env.reset(seed=0)
+    raw = env.raw
+    wall = [raw.sim.model.geom_name2id("wall_geom")]
+    robot = _robot_geoms(raw)
+    d = Demonstrator(env, np.random.default_rng(0), record=False)
+    R = top_down(0.0)  # fingers close along world y, across the wall's face
+    d.actuate(GRIPPER_CLOSED, steps=10)
+    d.move(P.make_pose([-0.1, 0.097, 1.1], R), max_steps=100)
+    d.move(P.make_pose([-0.1, 0.097, 1.02], R), max_steps=100, pos_tol=0.002)  # fingertips below the top
+    d.hold(3)
+    assert not d.failed and raw.contacts_between(robot, wall) == 0
+    state, cmd = raw.get_flat_state(), raw.robots[0].gripper["right"].current_action.copy()
+    goal = P.make_pose([0.15, 0.065, 1.02], R)  # along the wall
+    pl = Planner(env, seed=0)
+    try:
+        contacts = {}
+        for told in (None, GRIPPER_OPEN):
+            raw.set_flat_state(state)
+            raw.robots[0].gripper["right"].current_action = cmd.copy()
+            res = pl.plan(env, goal, gripper=told)
+            assert res.success, res.reason
+            counter = [0]
+            ex = pl.execute(env, res, GRIPPER_OPEN, step_fn=_counting_step(env, robot, wall, counter))
+            assert ex.success, ex
+            contacts[told] = counter[0]
+        assert contacts[GRIPPER_OPEN] == 0
+        assert contacts[None] > 0
+    finally:
+        pl.close()
+
+
+
+def test_connect_fallback_is_opt_in(wall_env):
+    """Demonstrator.connect fails the demo on a failed plan unless fallback=True: then it plans
+    again with a larger budget, and if that fails too, servos straight to the target."""
+    env = wall_env
+    goal = P.make_pose([0.0, -0.1, 1.0], top_down(0.3))
+    pl = env._kit_planner = Planner(env, seed=0)
+    plan, budgets = pl.plan, []
+
+    def failing(n):  # the first n plans fail
+        def f(*a, **kw):
+            budgets.append(kw.get("time_budget"))
+            return PlanResult(False, "no_path") if len(budgets) <= n else plan(*a, **kw)
+        return f
+    try:
+        for fallback, n, used in ((False, 1, None), (True, 1, {"retry": 1}), (True, 2, {"retry": 1, "servo": 1})):
+            budgets.clear()
+            pl.plan = failing(n)
+            d = Demonstrator(env, np.random.default_rng(0), record=False).start(seed=0)
+            ok = d.connect(goal, GRIPPER_OPEN, fallback=fallback, retry_budget=2.0)
+            if not fallback:
+                assert not ok and d.failed == "stage 0: plan no_path" and budgets == [None]
+                continue
+            assert ok and d.failed is None, d.failed
+            assert budgets == [None, 2.0] and getattr(d, "connect_fallbacks", None) == used
+            assert np.linalg.norm(env.eef_pose()[:3, 3] - goal[:3, 3]) < 0.006
+    finally:
+        pl.close()
+        del env._kit_planner
