@@ -1,4 +1,6 @@
 """CoffeePreparation_D2: reset state, D2 ranges and the task-specific checks (drawer, mug, success)."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,35 @@ def test_mug_placed_lid_open_signal(env):
     raw.set_lid_angle(2.09)
     raw.sim.forward()
     assert raw.mug_placed_lid_open()
+
+
+# ------------------------------------------------------------------ scripted demo: wrist geometry
+def test_demo_wrist_link_poses_match_the_sim(env):
+    """The demo places links 6 and 7 from a grip-site pose and joint 7 (to keep the wrist off the
+    lid's edge while the mug slides in); at the arm's own pose that reproduces the sim's links."""
+    raw = env.raw
+    env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        for _ in range(5):
+            env.step(np.r_[rng.uniform(-0.5, 0.5, 6), -1.0])
+        q7 = raw.sim.data.qpos[raw.robots[0]._ref_joint_pos_indexes][6]
+        poses = CP._wrist_link_poses(raw, raw.eef_pose(), q7)
+        assert len(poses) == 2
+        for b, X in poses.items():
+            np.testing.assert_allclose(X[:3, 3], raw.sim.data.body_xpos[b], atol=1e-6)
+            np.testing.assert_allclose(X[:3, :3], raw.sim.data.body_xmat[b].reshape(3, 3), atol=1e-6)
+
+
+def test_demo_wrist_clearance_sees_the_closed_lid(env):
+    raw = env.raw
+    env.reset(seed=3)
+    d = SimpleNamespace(env=env)
+    q7 = raw.sim.data.qpos[raw.robots[0]._ref_joint_pos_indexes][6]
+    assert CP._arm_clearance(d, [raw.eef_pose()], [q7]) == pytest.approx(0.05)  # home: far from the machine
+    M, R = raw.object_pose("machine"), raw.eef_pose()[:3, :3]
+    lid = (M @ np.append(CP.LID_LOCAL, 1.0))[:3]
+    # link 7 spans 9.7-15 cm above the grip site: 10 cm below the lid's centre it cuts through the
+    # lid, 15 cm higher it is clear of the whole machine
+    assert CP._arm_clearance(d, [P.make_pose(lid - [0, 0, 0.10], R)], [q7]) < 0.0
+    assert CP._arm_clearance(d, [P.make_pose(lid + [0, 0, 0.05], R)], [q7]) > 0.01
