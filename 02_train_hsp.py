@@ -37,11 +37,15 @@ from tqdm import tqdm
 import common
 from common import data as D
 from common import pose as P
-from common.env import check_task_name, default_cameras
+from common.env import check_task_name, default_cameras, make_env, object_in_eef_frame
 from common.hsp_checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.nets import ObsNormalizer, build_stage_models, count_params, rot6d_to_matrix
 from common.presets import IMAGE_SIZE, get_preset
 
+# State-mode inputs: proprio + object poses (world frame) + object poses in the end-effector frame.
+# The last is derived from the first two (common.env.object_in_eef_frame) and is what makes the
+# skills precise: 264 Threading demos, HSP-Priv 38 % without it (see README, Table I).
+STATE_KEYS = ("proprio", "object", "object_rel")
 VAL_MAX_ROWS = 4096  # validation rows per network (a fixed random subset of the held-out demos' rows)
 
 
@@ -50,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--task", default="Threading_D2", help=f"one of: {', '.join(sorted(common.TASKS))}")
     p.add_argument("--obs", default="state", choices=["state", "image"])
     p.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    p.add_argument("--state-keys", nargs="+", default=list(STATE_KEYS), choices=list(STATE_KEYS),
+                   help="low-dimensional inputs in --obs state (ablation: drop object_rel)")
     p.add_argument("--data", default=None, help="generated HDF5 (default: data/<task>/generated.hdf5)")
     p.add_argument("--out", default="runs", help="output root; files go to <out>/<task>/")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -66,6 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--hidden", type=int, nargs="+", default=None, help="MLP hidden sizes, e.g. 1024 1024")
+    p.add_argument("--pose-modes", type=int, default=None,
+                   help="hypotheses of the initiation pose head (1 = plain regression; see nets.PoseNet)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between validation evaluations")
     p.add_argument("--val-fraction", type=float, default=None, help="fraction of demos held out (0 = none)")
     p.add_argument("--max-demos", type=int, default=None, help="use only the first N demos of the file")
@@ -79,7 +87,8 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------------------ data
-def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None) -> dict:
+def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
+              state_keys=STATE_KEYS) -> dict:
     """Every demo's steps concatenated into flat arrays, plus per-row bookkeeping.
 
     Rows are time steps; `ep_start[r]` is the row of its episode's first step (for histories),
@@ -90,7 +99,7 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None)
         stages = json.loads(f["data"].attrs["stages"])
         g0 = f["data"][keys[0]]
         if obs_mode == "state":
-            low_dim, cameras = ["proprio", "object"], []
+            low_dim, cameras = list(state_keys), []
         else:
             low_dim = ["proprio"]
             have = [k[: -len("_image")] for k in g0["obs"].keys() if k.endswith("_image")]
@@ -101,16 +110,18 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None)
                                   f"--obs image needs them: regenerate with `python 01_generate.py --task {task} "
                                   f"--images`, or train with --obs state")
         obs_keys = low_dim + [f"{c}_image" for c in cameras]
-        for k in obs_keys:
+        derived = [k for k in obs_keys if k == "object_rel"]  # always recomputed from proprio + object
+        stored = [k for k in obs_keys if k not in derived] + [k for k in ("proprio", "object") if derived and k not in obs_keys]
+        for k in stored:
             if k not in g0["obs"]:
                 raise D.DataError(f"{path}: {keys[0]} lacks obs/{k} needed by --obs {obs_mode}")
-        cols = {k: [] for k in obs_keys}
+        cols = {k: [] for k in stored}
         rest = {k: [] for k in ("actions", "stage", "phase", "stage_done", "demo", "ep_start")}
         init_pose, row = [], 0
         for j, k in enumerate(tqdm(keys, desc="loading demos", leave=False)):
             g = f["data"][k]
             T = g["actions"].shape[0]
-            for ok in obs_keys:
+            for ok in stored:
                 cols[ok].append(g["obs"][ok][()])
             rest["actions"].append(g["actions"][()].astype(np.float32))
             rest["stage"].append(g["stage"][()].astype(np.int64))
@@ -121,6 +132,10 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None)
             init_pose.append(g["init_pose"][()].astype(np.float64))
             row += T
     data = {"obs": {k: np.concatenate(v) for k, v in cols.items()}}
+    if derived:
+        n_objects = len(make_env(task, obs_mode="state").object_names)
+        data["obs"]["object_rel"] = object_in_eef_frame(data["obs"]["proprio"], data["obs"]["object"], n_objects)
+    data["obs"] = {k: data["obs"][k] for k in obs_keys}
     data.update({k: np.concatenate(v) for k, v in rest.items()})
     data.update(init_pose=np.stack(init_pose), n_demos=len(keys), stages=stages, low_dim_keys=low_dim,
                 cameras=cameras, demo_keys=keys)
@@ -289,7 +304,8 @@ def main(argv=None) -> dict:
     t_start = time.time()
     hp = get_preset(args.preset)["hsp"]
     for k, v in (("batch_size", args.batch_size), ("lr", args.lr), ("hidden", args.hidden),
-                 ("eval_every", args.eval_every), ("val_fraction", args.val_fraction)):
+                 ("eval_every", args.eval_every), ("val_fraction", args.val_fraction),
+                 ("pose_modes", args.pose_modes)):
         if v is not None:
             hp[k] = v
     if args.threads:
@@ -313,7 +329,7 @@ def main(argv=None) -> dict:
                 f"pass --out <another root> to keep both, or --overwrite to replace it")
 
     # ---- data, split by demo
-    data = load_flat(args.data, args.task, args.obs, args.max_demos)
+    data = load_flat(args.data, args.task, args.obs, args.max_demos, args.state_keys)
     n_demos, n_stages = data["n_demos"], len(data["stages"])
     n_val = 0 if hp["val_fraction"] <= 0 or n_demos < 2 else max(1, int(round(hp["val_fraction"] * n_demos)))
     val_demos = np.sort(rng.permutation(n_demos)[:n_val])
@@ -334,7 +350,7 @@ def main(argv=None) -> dict:
                 "low_dim_sizes": {k: int(data["obs"][k].shape[1]) for k in data["low_dim_keys"]},
                 "cameras": data["cameras"], "frame_stack": frame_stack, "feature_dim": int(hp["feature_dim"]),
                 "shift_pad": int(hp["shift_pad"]), "image_size": IMAGE_SIZE},
-        "nets": {"pose": {"hidden": list(hp["hidden"])},
+        "nets": {"pose": {"hidden": list(hp["hidden"]), "modes": int(hp["pose_modes"])},
                  "skill": {"hidden": list(hp["hidden"]), "gmm_modes": int(hp["gmm_modes"]),
                            "gmm_min_std": float(hp["gmm_min_std"])},
                  "termination": {"hidden": list(hp["hidden"])}},

@@ -284,12 +284,7 @@ def plot_table(path: str, task: str, variants: dict):
     ax.bar(x + 0.2, paper, 0.4, label="paper", alpha=0.6)
     ax.set_xticks(x, names)
     ax.set_ylabel("success %")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"{task}: Table I variants")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish_figure(fig, ax, f"{task}: Table I variants", path)
 
 
 def plot_pose_noise(path: str, task: str, stage: int, stage_name: str, curves: dict):
@@ -305,8 +300,14 @@ def plot_pose_noise(path: str, task: str, stage: int, stage_name: str, curves: d
         ax.errorbar(s, r, yerr=[lo, hi], marker="o", capsize=3, label=v)
     ax.set_xlabel("initiation pose noise σ (m / rad)")
     ax.set_ylabel("skill success %")
+    _finish_figure(fig, ax, f"{task} stage {stage + 1} ({stage_name})", path)
+
+
+def _finish_figure(fig, ax, title: str, path: str):
+    """Success-% axes: 0-100, title, legend; saved as PNG and closed."""
+    import matplotlib.pyplot as plt
     ax.set_ylim(0, 100)
-    ax.set_title(f"{task} stage {stage + 1} ({stage_name})")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

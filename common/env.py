@@ -325,10 +325,35 @@ class KitTask(ManipulationEnv):
 PROPRIO_DIM = 15  # eef pos (3) + axis-angle (3) + finger positions (2) + joint positions (7), App. B-A
 
 
+def object_in_eef_frame(proprio: np.ndarray, object_state: np.ndarray, n_objects: int) -> np.ndarray:
+    """Each object's pose in the end-effector frame: position (3) + 6-D rotation (6) per object.
+
+    The same information as "proprio" + "object", re-expressed where a skill acts: a grasp or an
+    insertion is a fixed pose *relative to the hand*, so in this frame the skill policy's input
+    varies little across the D2 placement range (what MimicGen's object-centric transform exploits;
+    robosuite's own state observations likewise include object-to-eef vectors). Works on one step
+    (D,) or a batch (T, D); used by KitEnv in state mode and by 02_train_hsp.py for data files
+    written before this key existed.
+    """
+    proprio, object_state = np.asarray(proprio, np.float64), np.asarray(object_state, np.float64)
+    single = proprio.ndim == 1
+    proprio, object_state = np.atleast_2d(proprio), np.atleast_2d(object_state)
+    R_eef_T = np.swapaxes(P.axisangle_to_mat(proprio[:, 3:6]).reshape(-1, 3, 3), 1, 2)
+    out = []
+    for k in range(n_objects):
+        pos, quat = object_state[:, 7 * k:7 * k + 3], object_state[:, 7 * k + 3:7 * k + 7]
+        rel_pos = np.einsum("bij,bj->bi", R_eef_T, pos - proprio[:, :3])
+        rel_R = R_eef_T @ P.quat_to_mat(quat).reshape(-1, 3, 3)
+        out += [rel_pos, P.rot6d_from_mat(rel_R)]
+    rel = np.concatenate(out, axis=1).astype(np.float32)
+    return rel[0] if single else rel
+
+
 class KitEnv:
     """Gym-like wrapper producing the kit's observations. `raw` is the robosuite env.
 
-    obs keys: "proprio" (15,), "object" (7 per object: pos + quat xyzw; state mode only),
+    obs keys: "proprio" (15,), "object" (7 per object: pos + quat xyzw, then articulation joints;
+    state mode only), "object_rel" (9 per object: pose in the end-effector frame; state mode only),
     "<camera>_image" (H, W, 3) uint8 (image mode only).
     """
 
@@ -372,6 +397,9 @@ class KitEnv:
         out.append(self.raw.sim.data.qpos[self._articulation_qpos])
         return np.concatenate(out).astype(np.float32)
 
+    def object_rel(self, proprio: np.ndarray, object_state: np.ndarray) -> np.ndarray:
+        return object_in_eef_frame(proprio, object_state, len(self.object_names))
+
     def _find_articulations(self) -> np.ndarray:
         """qpos addresses of hinge/slide joints that belong to neither the robot nor a free joint."""
         m, robot = self.raw.sim.model, self.raw.robots[0]
@@ -387,6 +415,7 @@ class KitEnv:
         obs = {"proprio": self.proprio()}
         if self.obs_mode == "state":
             obs["object"] = self.object_state()
+            obs["object_rel"] = self.object_rel(obs["proprio"], obs["object"])
         else:
             if raw_obs is None:
                 raw_obs = self.raw._get_observations(force_update=True)

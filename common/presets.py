@@ -32,6 +32,9 @@ DRQV2 = dict(
 # policies for ~200k gradient steps. Image encoder: DrQ-v2 trunk (feature 50, shift pad 4, 3 frames).
 HSP = dict(
     hidden=[1024, 1024], gmm_modes=5, gmm_min_std=1e-4, lr=1e-4, weight_decay=0.0, batch_size=100,
+    # Initiation pose hypotheses (nets.PoseNet). 1 = plain regression, which measured better than
+    # winner-takes-all over 5 on Threading (HSP 16 % with 5, see README); kept as an option.
+    pose_modes=1,
     skill_steps=200_000, pose_steps=100_000, termination_steps=100_000,
     frame_stack=dict(state=1, image=DRQV2["frame_stack"]), feature_dim=DRQV2["feature_dim"],
     shift_pad=DRQV2["shift_pad"],

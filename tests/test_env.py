@@ -3,7 +3,7 @@ import robosuite
 
 import common
 from common import pose as P
-from common.env import make_env
+from common.env import make_env, object_in_eef_frame
 from common.scripted import pose_action
 
 
@@ -17,6 +17,14 @@ def test_state_observations_and_proprio_layout():
     needle = env.object_poses()["needle"]
     np.testing.assert_allclose(obs["object"][:3], needle[:3, 3], atol=1e-5)
     assert env.action_dim == 7
+    # object_rel: each object's pose in the end-effector frame, 9 numbers (pos + 6-D rotation) each
+    rel = P.pose_inv(eef) @ needle
+    np.testing.assert_allclose(obs["object_rel"][:3], rel[:3, 3], atol=1e-4)
+    np.testing.assert_allclose(P.mat_from_rot6d(obs["object_rel"][3:9]), rel[:3, :3], atol=1e-4)
+    assert obs["object_rel"].shape == (9 * len(env.object_names),)
+    # the batched form (used on whole data files) gives the same rows
+    batch = object_in_eef_frame(np.stack([obs["proprio"]] * 2), np.stack([obs["object"]] * 2), len(env.object_names))
+    np.testing.assert_allclose(batch[1], obs["object_rel"], atol=1e-6)
 
 
 def test_osc_delta_actions_move_the_end_effector_as_commanded():

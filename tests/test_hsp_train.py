@@ -10,7 +10,7 @@ import torch
 from common import pose as P
 from common.hsp_checkpoint import CheckpointError, load_checkpoint, load_hsp_models, save_checkpoint
 from common.nets import (IMAGE_FEATURES, DrQv2Encoder, GMMPolicy, ObsHistory, ObsNormalizer, RandomShift,
-                         build_stage_models, rot6d_to_matrix)
+                         PoseNet, build_stage_models, rot6d_to_matrix)
 
 from conftest import HSP_TASK as TASK
 from conftest import load_script
@@ -26,7 +26,7 @@ def test_checkpoint_format_and_outputs(trained):
         assert os.path.getsize(os.path.join(d, f)) > 0, f
     ck = torch.load(os.path.join(d, "hsp.pt"), weights_only=True)
     assert ck["format"] == "reinforcegen-kit/1" and ck["task"] == TASK and ck["obs_mode"] == "state"
-    assert set(ck["obs_normalizer"]) == {"proprio", "object"}
+    assert set(ck["obs_normalizer"]) == {"proprio", "object", "object_rel"}
     assert all(isinstance(v, torch.Tensor) for s in ck["obs_normalizer"].values() for v in s.values())
     assert len(ck["stages"]) == ck["config"]["n_stages"] == 2
     for s in ck["stages"]:
@@ -169,3 +169,33 @@ def test_image_encoder_forward_backward():
     with torch.no_grad():
         a = pi.mode(obs)
         assert a.shape == (2, 7) and a.abs().max() <= 1 and torch.equal(a, pi.mode(obs))
+
+
+def test_multi_hypothesis_pose_head_picks_a_mode_where_regression_averages():
+    """Two equally likely initiation poses for the same observation (two source demos grasping
+    from opposite sides): plain regression (K=1) lands between them, the winner-takes-all head
+    (K=3) predicts one of them."""
+    torch.manual_seed(0)
+    cfg = {"obs_mode": "state", "low_dim_keys": ["proprio"], "low_dim_sizes": {"proprio": 4}, "frame_stack": 1,
+           "hidden": [64, 64]}
+    n = 256
+    obs = {"proprio": torch.randn(n // 2, 4).repeat(2, 1)}  # every observation twice ...
+    side = torch.cat([torch.ones(n // 2), -torch.ones(n // 2)])  # ... once per source demo (+-1)
+    pos = torch.stack([0.1 * side, torch.zeros(n), torch.zeros(n)], dim=1)
+    yaw = side * (np.pi / 2)
+    R = torch.zeros(n, 3, 3)
+    R[:, 0, 0], R[:, 0, 1], R[:, 1, 0], R[:, 1, 1], R[:, 2, 2] = yaw.cos(), -yaw.sin(), yaw.sin(), yaw.cos(), 1
+    errors = {}
+    for k in (1, 3):
+        net = PoseNet(dict(cfg, modes=k))
+        net.set_target_stats(np.zeros(3), np.full(3, 0.1))
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        for _ in range(400):
+            loss, _, _ = net.loss(obs, pos, R)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        p, _ = net(obs)
+        errors[k] = torch.minimum((p - pos[:1].abs()).norm(dim=1), (p + pos[:1].abs()).norm(dim=1)).mean().item()
+    assert errors[1] > 0.07  # the average of +-10 cm is ~0, 10 cm from both
+    assert errors[3] < 0.02  # within 2 cm of one of the two true poses
