@@ -144,12 +144,7 @@ def generate_attempt(env, planner, sources: D.SourceSegments, seed: int, args) -
     # wait, recorded as stage 0's connect phase, until nothing moves, so that the reference poses
     # read below are the resting ones the source segments were recorded against.
     d.label(0, D.PHASE_CONNECT)
-    for _ in range(30):
-        before = np.stack([T[:3, 3] for T in raw.object_poses().values()])
-        d.hold(1)
-        after = np.stack([T[:3, 3] for T in raw.object_poses().values()])
-        if np.abs(after - before).max() < 5e-4:
-            break
+    env.wait_until_still(lambda: d.hold(1))
     src = None
     for i, stage in enumerate(env.stages):
         ref_now = raw.object_pose(stage.reference_object)

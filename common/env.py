@@ -424,6 +424,22 @@ class KitEnv:
         return obs
 
     # -------------------------------------------------------- control
+    def wait_until_still(self, hold: Callable[[], object], max_steps: int = 30, tol: float = 5e-4) -> int:
+        """Call `hold()` (one control step that keeps the robot where it is) until no object moves
+        more than `tol` metres in a step, at most `max_steps` times; returns the steps taken.
+
+        Objects may still be falling into place after reset (NutAssembly spawns its nuts 6 cm up).
+        Data generation and deployment both wait, so that the reference-object poses they read
+        (Sec. III-B transforms, I^Priv) are the resting ones; reading them mid-fall put the
+        privileged grasp pose 5 cm too high and the BC nut grasp failed 30 of 30 times."""
+        for n in range(1, max_steps + 1):
+            before = np.stack([T[:3, 3] for T in self.raw.object_poses().values()])
+            hold()
+            after = np.stack([T[:3, 3] for T in self.raw.object_poses().values()])
+            if np.abs(after - before).max() < tol:
+                return n
+        return max_steps
+
     def reset(self, seed: int | None = None) -> dict:
         if seed is not None:
             self.raw.reseed(seed)

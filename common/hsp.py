@@ -170,6 +170,10 @@ class HSPAgent:
         return np.clip(a, -1.0, 1.0)
 
     # ---------------------------------------------------------------- stepping
+    def hold_action(self) -> np.ndarray:
+        """Zero OSC delta (stay at the current pose), gripper as it is."""
+        return np.concatenate([np.zeros(6), [self.gripper]])
+
     def _step(self, action):
         if self.result.steps >= self.env.horizon:
             raise _EpisodeOver
@@ -212,9 +216,12 @@ class HSPAgent:
         self.obs = self.env.reset(seed=seed)
         if self.history is not None:
             self.history.reset(self.obs)
-        self.source_index = self._choose_source()
         self.gripper = GRIPPER_OPEN
         self.pose_offset = None
+        # As in generation: let objects come to rest (counted as episode steps) before any
+        # reference pose is read, here by I^Priv's source choice and transform.
+        self.env.wait_until_still(lambda: self._step(self.hold_action()))
+        self.source_index = self._choose_source()
         return self.result
 
     def begin_stage(self, i: int):

@@ -45,3 +45,17 @@ def test_scripted_demo_succeeds(env):
     d = scripted_demo(env, 1, np.random.default_rng(1), record=False)
     assert d.failed is None and env.success()
     assert env.stage_done()[[1, 3]].all()
+
+
+def test_wait_until_still_lets_the_nuts_land_before_poses_are_read(env):
+    """The nuts spawn in the air; generation and deployment wait for them before reading the
+    reference poses that I^Priv and the Sec. III-B transforms use."""
+    env.reset(seed=1)
+    z0 = env.raw.object_pose("square_nut")[2, 3]
+    steps = env.wait_until_still(lambda: env.step(np.zeros(7)))
+    z1 = env.raw.object_pose("square_nut")[2, 3]
+    assert 1 < steps < 30 and z1 < z0 - 0.03  # it fell several centimetres
+    before = np.stack([T[:3, 3] for T in env.raw.object_poses().values()])
+    env.step(np.zeros(7))
+    after = np.stack([T[:3, 3] for T in env.raw.object_poses().values()])
+    assert np.abs(after - before).max() < 5e-4  # and is at rest now
