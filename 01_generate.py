@@ -60,6 +60,9 @@ def parse_args(argv=None):
                    help="source demo per stage: random, or among the 3 nearest in reference-object pose")
     p.add_argument("--select-per-stage", action="store_true",
                    help="choose a new source demo at every stage (default: one per attempt, as MimicGen)")
+    p.add_argument("--replay", default="achieved", choices=["achieved", "commanded"],
+                   help="skill replay: step toward each next recorded eef pose (achieved), or re-issue the "
+                        "pose each source action commanded (commanded, MimicGen's target poses)")
     p.add_argument("--action-noise", type=float, default=DATAGEN_ACTION_NOISE,
                    help="Gaussian σ on the normalized pose action during skill replay (MimicGen: 0.05)")
     p.add_argument("--images", action="store_true", help="also store camera observations (rendered by replay)")
@@ -171,8 +174,13 @@ def generate_attempt(env, planner, sources: D.SourceSegments, seed: int, args) -
         d.action_noise = args.action_noise
         last = i == len(env.stages) - 1
         succ_steps = 0
-        for t in range(1, len(targets)):
-            d.step(pose_action(raw.eef_pose(), targets[t], float(seg["gripper"][t - 1])))
+        if args.replay == "commanded":  # re-issue the source's commands, carried into the new frame
+            commands = P.transform_to_new_frame(seg["target"], seg["ref"], ref_now)
+            steps = [(commands[t], seg["gripper"][t]) for t in range(len(commands))]
+        else:  # step toward each next recorded pose
+            steps = [(targets[t], seg["gripper"][t - 1]) for t in range(1, len(targets))]
+        for goal, grip in steps:
+            d.step(pose_action(raw.eef_pose(), goal, float(grip)))
             if last and env.success():
                 succ_steps += 1
                 if succ_steps >= 5:

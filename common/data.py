@@ -31,6 +31,7 @@ class SourceSegments:
     of the stage's reference object at the segment start (what Sec. III-B transforms against)."""
 
     def __init__(self, demos: list[dict], stages):
+        from .scripted import action_target  # scripted imports this module
         self.stages = stages
         self.segments = []  # [stage][demo] -> dict
         for i, st in enumerate(stages):
@@ -42,7 +43,10 @@ class SourceSegments:
                 poses = d["datagen_info"]["object_poses"]
                 if st.reference_object not in poses:
                     raise DataError(f"source demo {k} lacks datagen_info/object_poses/{st.reference_object}")
-                per_demo.append(dict(eef=d["datagen_info"]["eef_pose"][a:b],
+                eef = d["datagen_info"]["eef_pose"]
+                per_demo.append(dict(eef=eef[a:b],
+                                     # the poses the source's actions commanded (MimicGen's target poses)
+                                     target=np.stack([action_target(eef[t], d["actions"][t]) for t in range(a, b)]),
                                      gripper=d["datagen_info"]["gripper_action"][a:b, 0],
                                      ref=poses[st.reference_object][a], index=k))
             self.segments.append(per_demo)

@@ -37,6 +37,12 @@ def pose_action(eef_T, target_T, gripper: float, max_pos: float = 1.0, max_rot: 
     return np.concatenate([dp, daa, [gripper]])
 
 
+def action_target(eef_T, action) -> np.ndarray:
+    """The pose an OSC delta action commanded from eef_T: the inverse of `pose_action` (gain 1)."""
+    a = np.asarray(action, dtype=np.float64)
+    return P.make_pose(eef_T[:3, 3] + a[:3] * POS_SCALE, P.axisangle_to_mat(a[3:6] * ROT_SCALE) @ eef_T[:3, :3])
+
+
 def top_down(yaw: float) -> np.ndarray:
     """Rotation of a gripper pointing straight down (z_eef = -z_world) whose y-axis points along
     `yaw` in the table plane. The Panda's fingers close along the grip site's x-axis, i.e. along

@@ -119,3 +119,40 @@ def test_two_workers_write_disjoint_shards_merged_in_one_file(generated, tmp_pat
     assert sorted(int(d["attrs"]["worker"]) for d in demos) == [0, 1]
     assert len({int(d["attrs"]["seed"]) for d in demos}) == 2
     assert not os.path.exists(D.parts_dir(os.path.join(two, task, "generated.hdf5")))
+
+
+def test_commanded_replay_reproduces_a_source_skill_on_its_own_seed(dataset):
+    """--replay commanded re-issues the source's own commands: on the source demo's seed (identity
+    transform) the skill's end-effector path matches the recording to a millimetre, where stepping
+    toward each next recorded pose (achieved) lags behind it."""
+    from common.planner import Planner
+    task = "Threading_D2"
+    source = os.path.join(os.path.dirname(dataset), "source.hdf5")
+    demos, _ = D.load_all(source, task=task)
+    env = make_env(task, obs_mode="state")
+    planner = Planner(env, mode="linear", seed=0)
+    sources = D.SourceSegments(demos, env.stages)
+
+    class Only(D.SourceSegments):  # always the first source demo
+        def __init__(self, s):
+            self.__dict__.update(s.__dict__)
+
+        def choose(self, *a, **k):
+            return 0
+    errors = {}
+    try:
+        for mode in ("commanded", "achieved"):
+            args = generate.parse_args(["--task", task, "--replay", mode, "--action-noise", "0"])
+            d, reason = generate.generate_attempt(env, planner, Only(sources), int(demos[0]["attrs"]["seed"]), args)
+            rows = d.rec.rows
+            skill = [t for t, (s, p) in enumerate(zip(rows["stage"], rows["phase"])) if s == 0 and p == D.PHASE_SKILL]
+            seg = sources.segments[0][0]["eef"]
+            n = min(len(skill), len(seg))
+            errors[mode] = max(np.linalg.norm(rows["eef_pose"][skill[k]][:3, 3] - seg[k][:3, 3]) for k in range(n))
+            if mode == "commanded":
+                assert reason is None, reason
+    finally:
+        planner.close()
+        env.close()
+    assert errors["commanded"] < 0.005  # the connect segment ends within the planner's ~3 mm reach error
+    assert errors["achieved"] > 2 * errors["commanded"]
