@@ -56,13 +56,14 @@ def parse_args(argv=None):
                    help="stop generating after this many attempts in total (default: 20x --num-demos)")
     p.add_argument("--planner", default="ompl", choices=["ompl", "linear"],
                    help="connect segments: OMPL collision-free planning or MimicGen's linear interpolation")
-    p.add_argument("--select", default="random", choices=["random", "nearest"],
-                   help="source demo per stage: random, or among the 3 nearest in reference-object pose")
+    p.add_argument("--select", default=None, choices=["random", "nearest"],
+                   help="source demo per stage: random, or among the 3 nearest in reference-object pose "
+                        "(default: the task's datagen_select; random except CoffeePreparation)")
     p.add_argument("--select-per-stage", action="store_true",
                    help="choose a new source demo at every stage (default: one per attempt, as MimicGen)")
-    p.add_argument("--replay", default="achieved", choices=["achieved", "commanded"],
-                   help="skill replay: step toward each next recorded eef pose (achieved), or re-issue the "
-                        "pose each source action commanded (commanded, MimicGen's target poses)")
+    p.add_argument("--replay", default="commanded", choices=["commanded", "achieved"],
+                   help="skill replay: re-issue the pose each source action commanded (MimicGen's target "
+                        "poses), or step toward each next recorded eef pose (achieved: lags the source)")
     p.add_argument("--action-noise", type=float, default=DATAGEN_ACTION_NOISE,
                    help="Gaussian σ on the normalized pose action during skill replay (MimicGen: 0.05)")
     p.add_argument("--images", action="store_true", help="also store camera observations (rendered by replay)")
@@ -71,6 +72,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="unused here (simulation is CPU); accepted for uniformity")
     args = p.parse_args(argv)
     check_task_name(args.task)
+    args.select = args.select or common.TASKS[args.task].datagen_select
     return args
 
 
@@ -149,6 +151,7 @@ def generate_attempt(env, planner, sources: D.SourceSegments, seed: int, args) -
     d.label(0, D.PHASE_CONNECT)
     env.wait_until_still(lambda: d.hold(1))
     src = None
+    stage_noise = type(raw).datagen_stage_noise  # per-stage overrides, as MimicGen's per-subtask action_noise
     for i, stage in enumerate(env.stages):
         ref_now = raw.object_pose(stage.reference_object)
         # One source demo per attempt (MimicGen's select_src_per_subtask = False), so the grasp
@@ -171,7 +174,7 @@ def generate_attempt(env, planner, sources: D.SourceSegments, seed: int, args) -
 
         # Skill: replay the transformed segment, each action toward the next pose (MimicGen).
         d.label(i, D.PHASE_SKILL)
-        d.action_noise = args.action_noise
+        d.action_noise = stage_noise.get(i, args.action_noise)
         last = i == len(env.stages) - 1
         succ_steps = 0
         if args.replay == "commanded":  # re-issue the source's commands, carried into the new frame

@@ -144,6 +144,13 @@ class KitTask(ManipulationEnv):
 
     stages: tuple[Stage, ...] = ()
     eval_horizon: int = 500  # mimicgen registry horizon for evaluation rollouts
+    # Data generation's default source-demo choice (01_generate.py --select): "random", or
+    # "nearest" (MimicGen's nearest_neighbor_object) where a task's objects rotate so freely that
+    # a random source's skill, carried through a large rotation, leaves the arm's reach.
+    datagen_select: str = "random"
+    # Per-stage action noise during generation, overriding --action-noise (MimicGen configures
+    # action_noise per subtask): {stage index: σ}.
+    datagen_stage_noise: dict = {}
     table_offset = (0.0, 0.0, 0.8)
     table_full_size = (0.8, 0.8, 0.05)
     table_friction = (1.0, 5e-3, 1e-4)
