@@ -331,19 +331,23 @@ def test_replan_reuses_world(threading_env):
         pl.close()
 
 
+def _closed_gripper_beside_wall(env):
+    """Reset the wall scene and close the fingers: (raw env, wall geom ids, robot geom ids, demonstrator)."""
+    env.reset(seed=0)
+    raw = env.raw
+    d = Demonstrator(env, np.random.default_rng(0), record=False)
+    d.actuate(GRIPPER_CLOSED, steps=10)
+    return raw, [raw.sim.model.geom_name2id("wall_geom")], _robot_geoms(raw), d
+
+
 def test_start_in_contact_retreats_then_plans_clear(wall_env):
     """A start pressing the closed fingers onto the wall's top (as after a contact-rich skill, or a
     reset beside a fixture): the plan begins with a short straight retreat tracked with the fingers
     held, then opens them (the planner models the opening) and keeps clear of the wall."""
     env = wall_env
-    env.reset(seed=0)
-    raw = env.raw
-    wall = [raw.sim.model.geom_name2id("wall_geom")]
-    robot = _robot_geoms(raw)
-    d = Demonstrator(env, np.random.default_rng(0), record=False)
+    raw, wall, robot, d = _closed_gripper_beside_wall(env)
     R = top_down(np.pi / 2)  # fingers close across the wall (along world y)
     top = WALL_POS[2] + WALL_HALF[2]
-    d.actuate(GRIPPER_CLOSED, steps=10)
     d.move(P.make_pose([-0.1, 0.15, top + 0.03], R), max_steps=100)
     d.move(P.make_pose([-0.1, 0.15, top + 0.004], R), speed=0.3, max_steps=60, pos_tol=0.002)
     d.hold(3)
@@ -377,13 +381,8 @@ def test_plan_models_the_fingers_opening(wall_env):
     is told the gripper command (open) keeps the opening fingers off the wall; one that checks the
     fingers as they are lets them open into it while the arm moves off."""
     env = wall_env
-    env.reset(seed=0)
-    raw = env.raw
-    wall = [raw.sim.model.geom_name2id("wall_geom")]
-    robot = _robot_geoms(raw)
-    d = Demonstrator(env, np.random.default_rng(0), record=False)
+    raw, wall, robot, d = _closed_gripper_beside_wall(env)
     R = top_down(0.0)  # fingers close along world y, across the wall's face
-    d.actuate(GRIPPER_CLOSED, steps=10)
     d.move(P.make_pose([-0.1, 0.097, 1.1], R), max_steps=100)
     d.move(P.make_pose([-0.1, 0.097, 1.02], R), max_steps=100, pos_tol=0.002)  # fingertips below the top
     d.hold(3)
