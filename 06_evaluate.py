@@ -65,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--termination", default=None, choices=["oracle", "learned"],
                    help="override every variant's termination (Table III compares the two)")
     p.add_argument("--action-noise", type=float, default=None, help="override: σ on skill pose actions")
+    p.add_argument("--skill-action", default=None, choices=["component", "mode", "sample"],
+                   help="override how the GMM skill acts (default component: robomimic's low-noise eval)")
     p.add_argument("--stage", type=int, default=None,
                    help="pose-noise: the stage whose skill is measured, from 0 (default: 1, Nut Assembly's "
                         "second stage as in Fig. 3)")
@@ -94,6 +96,8 @@ def make_jobs(args, n_stages: int) -> list[dict]:
         overrides["termination"] = args.termination
     if args.action_noise is not None:
         overrides["action_noise"] = args.action_noise
+    if args.skill_action is not None:
+        overrides["skill_action"] = args.skill_action
     configs = []  # (label, variant, options, last_stage)
     if args.experiment == "table":
         for v in args.variants:

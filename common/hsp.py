@@ -45,12 +45,16 @@ class AgentOptions:
     action_noise: float = 0.0  # Gaussian σ on the skill's 6 pose-action dimensions
     source_select: str = "random"  # I^Priv's source demo: "random" or "nearest" (MimicGen's choice)
     skill_budget_factor: float = SKILL_BUDGET_FACTOR
-    deterministic_skill: bool = True  # the GMM's mode (the base action residual RL will add to)
+    # How π_θi's GMM gives an action: "component" = robomimic's low-noise evaluation (sample the
+    # mixture component with the episode's seeded generator, take its mean); "mode" = the most
+    # probable component's mean (deterministic); "sample" = draw from the full mixture.
+    skill_action: str = "component"
 
     def __post_init__(self):
         checks = (("pose", self.pose, ("learned", "privileged")),
                   ("termination", self.termination, ("oracle", "learned")),
-                  ("source_select", self.source_select, ("random", "nearest")))
+                  ("source_select", self.source_select, ("random", "nearest")),
+                  ("skill_action", self.skill_action, ("component", "mode", "sample")))
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"AgentOptions.{name} = {value!r}; choose one of {allowed}")
@@ -63,6 +67,8 @@ class AgentOptions:
             parts.append(f"pose noise σ={self.pose_noise}")
         if self.action_noise:
             parts.append(f"action noise σ={self.action_noise}")
+        if self.skill_action != "component":
+            parts.append(f"skill action: {self.skill_action}")
         return ", ".join(parts)
 
 
@@ -163,7 +169,12 @@ class HSPAgent:
             a = np.asarray(self.skill_fn(self, i), dtype=np.float64)
         else:
             pi, obs = self.models[i]["skill"], self.history.batch(self.device)
-            a = (pi.mode(obs) if self.options.deterministic_skill else pi.sample(obs))[0].cpu().double().numpy()
+            how = self.options.skill_action
+            if how == "component":
+                a = pi.component_mean(obs, self.rng.random(1))
+            else:
+                a = pi.mode(obs) if how == "mode" else pi.sample(obs)
+            a = a[0].cpu().double().numpy()
         if self.options.action_noise > 0:
             a = a.copy()
             a[:6] += self.rng.normal(0.0, self.options.action_noise, 6)

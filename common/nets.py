@@ -194,9 +194,14 @@ class GMMPolicy(nn.Module):
     """π_θi: robomimic BC-GMM policy. Means are tanh-squashed into [-1, 1] (robomimic's default
     `use_tanh=False` path); std = softplus + min_std; mixture over `num_modes` diagonal Gaussians.
 
-    `loss(obs, actions)` = mean negative log-likelihood. `mode(obs)` is the deterministic action
-    (mean of the most probable component; in [-1, 1], repeatable), the base action for residual
-    RL. `sample(obs)` draws from the mixture, clipped to [-1, 1].
+    `loss(obs, actions)` = mean negative log-likelihood. Three ways to act:
+    - `mode(obs)`: mean of the most probable component; deterministic (a base action for residual RL).
+    - `component_mean(obs, u)`: robomimic's evaluation action (`low_noise_eval`): draw the component
+      from the mixture weights (by the uniform numbers `u`, so the caller's seeded generator decides),
+      take its mean. Needed where the demos' decision is a matter of timing, e.g. when to close the
+      gripper at a grasp: the arm waits there for a few open-gripper steps in every demo, so "stay
+      open" keeps the larger weight and `mode` never closes (measured on NutAssembly, README).
+    - `sample(obs)`: draws from the full mixture, clipped to [-1, 1].
     """
 
     def __init__(self, cfg: dict):
@@ -232,6 +237,14 @@ class GMMPolicy(nn.Module):
         return means[torch.arange(len(k), device=means.device), k]
 
     forward = mode
+
+    def component_mean(self, obs: dict, u) -> torch.Tensor:
+        """Mean of the component chosen by inverse-CDF of the mixture weights at u in [0, 1) (one per row)."""
+        means, _, logits = self.params(obs)
+        cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
+        u = torch.as_tensor(u, dtype=cdf.dtype, device=cdf.device).reshape(-1, 1)
+        k = (cdf <= u).sum(dim=-1).clamp(max=self.num_modes - 1)
+        return means[torch.arange(len(k), device=means.device), k]
 
     def sample(self, obs: dict) -> torch.Tensor:
         return self.dist(obs).sample().clamp(-1.0, 1.0)
