@@ -81,6 +81,9 @@ def parse_args(argv=None):
                    help="hypotheses of the initiation pose head (1 = plain regression; see nets.PoseNet)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between validation evaluations")
     p.add_argument("--val-fraction", type=float, default=None, help="fraction of demos held out (0 = none)")
+    p.add_argument("--grasp-symmetry", default="fold", choices=["fold", "none"],
+                   help="fold: map each empty-gripper initiation pose to its half-turn twin nearest the stage's "
+                        "most common grasp (a single mode for I_θi); none: raw labels")
     p.add_argument("--max-demos", type=int, default=None, help="use only the first N demos of the file")
     p.add_argument("--keep-last", action="store_true",
                    help="keep each network's final weights instead of its best validation evaluation")
@@ -99,7 +102,9 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
     """Every demo's steps concatenated into flat arrays, plus per-row bookkeeping.
 
     Rows are time steps; `ep_start[r]` is the row of its episode's first step (for histories),
-    `demo[r]` its demo number, `init_pose` the (n_demos, n_stages, 7) initiation poses.
+    `demo[r]` its demo number, `init_pose` the (n_demos, n_stages, 7) initiation poses,
+    `init_ref_pose` the (n_demos, n_stages, 4, 4) reference-object poses there and
+    `init_gripper_open` whether the gripper was open (empty) on arrival.
     """
     with D.open_dataset(path, task) as f:
         keys = D.demo_keys(f)[:max_demos]
@@ -124,7 +129,7 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
                 raise D.DataError(f"{path}: {keys[0]} lacks obs/{k} needed by --obs {obs_mode}")
         cols = {k: [] for k in stored}
         rest = {k: [] for k in ("actions", "stage", "phase", "stage_done", "demo", "ep_start")}
-        init_pose, row = [], 0
+        init_pose, init_ref, init_open, row = [], [], [], 0
         for j, k in enumerate(tqdm(keys, desc="loading demos", leave=False)):
             g = f["data"][k]
             T = g["actions"].shape[0]
@@ -137,6 +142,16 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
             rest["demo"].append(np.full(T, j, dtype=np.int64))
             rest["ep_start"].append(np.full(T, row, dtype=np.int64))
             init_pose.append(g["init_pose"][()].astype(np.float64))
+            # the reference object's pose and the gripper command where each skill starts (its
+            # initiation pose): for folding the gripper's half-turn symmetry (fold_grasp_symmetry)
+            starts = g["skill_bounds"][:, 0]
+            for st in stages:
+                if f"datagen_info/object_poses/{st['reference_object']}" not in g:
+                    raise D.DataError(f"{path}: {k} lacks datagen_info/object_poses/{st['reference_object']} "
+                                      f"(DESIGN.md, HDF5 layout); regenerate with 01_generate.py")
+            init_ref.append(np.stack([g["datagen_info/object_poses"][st["reference_object"]][a]
+                                      for st, a in zip(stages, starts)]))
+            init_open.append(g["actions"][np.maximum(starts - 1, 0), 6] < 0)
             row += T
     data = {"obs": {k: np.concatenate(v) for k, v in cols.items()}}
     if derived:
@@ -144,13 +159,46 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
         data["obs"]["object_rel"] = object_in_eef_frame(data["obs"]["proprio"], data["obs"]["object"], n_objects)
     data["obs"] = {k: data["obs"][k] for k in obs_keys}
     data.update({k: np.concatenate(v) for k, v in rest.items()})
-    data.update(init_pose=np.stack(init_pose), n_demos=len(keys), stages=stages, low_dim_keys=low_dim,
+    data.update(init_pose=np.stack(init_pose), init_ref_pose=np.stack(init_ref), init_gripper_open=np.stack(init_open),
+                n_demos=len(keys), stages=stages, low_dim_keys=low_dim,
                 cameras=cameras, demo_keys=keys)
     if obs_mode == "image":
         shape = data["obs"][f"{cameras[0]}_image"].shape[1:]
         if shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise D.DataError(f"{path}: images are {shape}, the DrQ-v2 encoder expects ({IMAGE_SIZE}, {IMAGE_SIZE}, 3)")
     return data
+
+
+HALF_TURN_Z = np.diag([-1.0, -1.0, 1.0])  # rotation by π about the gripper's approach (z) axis
+
+
+def fold_grasp_symmetry(init_pose: np.ndarray, ref_pose: np.ndarray, window_deg: float = 45.0):
+    """Fold the parallel-jaw gripper's half-turn symmetry out of one stage's initiation poses.
+
+    An empty parallel-jaw gripper grasps the same way turned by π about its approach axis, so
+    source demos (and the demos generated from them) grasp an object at either of two wrist yaws:
+    NutAssembly's square-nut grasp is 70 % at -90° and 30 % at +90° about the nut, Threading's needle
+    grasp 60/40 at 180°/0°. Regressing such labels averages the two into a pose that is neither.
+    In the reference object's frame we take as canonical the label orientation with the most labels
+    within `window_deg` (the most common grasp), and replace each label by whichever of itself and
+    its half-turn twin is nearer to it. A label is turned only when its twin lands nearer the common
+    grasp than it is, so every folded label is a grasp the demos (and so the skill policy) know.
+    Positions are unchanged (the turn is about the grip site). Returns (poses (N, 7), turned mask).
+    """
+    T = np.stack([P.pose7_to_mat(p) for p in init_pose])
+    rel = np.einsum("nji,njk->nik", ref_pose[:, :3, :3], T[:, :3, :3])  # R_ref^T R_eef
+    def angle(A, B):  # pairwise rotation angle (deg) between stacks A (n, 3, 3) and B (m, 3, 3)
+        cos = (np.einsum("aij,bij->ab", A, B) - 1.0) / 2.0
+        return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    pick = np.linspace(0, len(rel) - 1, min(len(rel), 256)).astype(int)  # candidates for the canonical grasp
+    canonical = rel[pick[(angle(rel[pick], rel) < window_deg).sum(1).argmax()]]
+    twin = rel @ HALF_TURN_Z
+    turn = angle(twin, canonical[None])[:, 0] < angle(rel, canonical[None])[:, 0]
+    out = np.array(init_pose, dtype=np.float64, copy=True)
+    if turn.any():
+        R = T[turn, :3, :3] @ HALF_TURN_Z
+        out[turn, 3:7] = np.stack([P.mat_to_quat(r) for r in R])
+    return out, turn
 
 
 def history_rows(rows: np.ndarray, ep_start: np.ndarray, frame_stack: int) -> np.ndarray:
@@ -355,6 +403,16 @@ def main(argv=None) -> dict:
     print(f"{args.task} ({args.obs}): {n_demos} demos ({n_demos - n_val} train, {n_val} validation), "
           f"{len(data['actions'])} steps, {n_stages} stages, cameras {data['cameras'] or '-'}, device {device}")
 
+    # Grasp stages (the gripper arrives empty): one mode per initiation pose, see fold_grasp_symmetry.
+    folded = {}
+    if args.grasp_symmetry == "fold":
+        for i in range(n_stages):
+            if data["init_gripper_open"][:, i].all():
+                data["init_pose"][:, i], turned = fold_grasp_symmetry(data["init_pose"][:, i], data["init_ref_pose"][:, i])
+                folded[data["stages"][i]["name"]] = int(turned.sum())
+        print("grasp symmetry folded (initiation poses turned by π per grasp stage): "
+              + (", ".join(f"{k} {v}/{n_demos}" for k, v in folded.items()) or "no grasp stage"))
+
     train_mask, train_demos = ~is_val, ~np.isin(np.arange(n_demos), val_demos)
     normalizer = ObsNormalizer.fit({k: data["obs"][k][train_mask] for k in data["low_dim_keys"]})
     config = {
@@ -375,7 +433,8 @@ def main(argv=None) -> dict:
                   "n_demos": n_demos, "val_demos": [data["demo_keys"][j] for j in val_demos],
                   "lr": float(hp["lr"]), "weight_decay": float(hp["weight_decay"]),
                   "batch_size": int(hp["batch_size"]), "eval_every": int(hp["eval_every"]),
-                  "termination_after_steps": int(hp["termination_after_steps"]), "steps": {}, "pos_weight": []},
+                  "termination_after_steps": int(hp["termination_after_steps"]), "steps": {}, "pos_weight": [],
+                  "grasp_symmetry": args.grasp_symmetry, "grasp_poses_turned": folded},
     }
     models = build_stage_models(config, normalizer)
     print("parameters per stage: " + ", ".join(f"{k} {count_params(v):,}" for k, v in models[0].items()))

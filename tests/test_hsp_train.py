@@ -199,6 +199,43 @@ def test_gmm_component_action_closes_where_the_mode_never_does():
         assert (a.abs() <= 1).all()
 
 
+def _yaw_about(ref_T, pose7):
+    rel = np.linalg.inv(ref_T) @ P.pose7_to_mat(pose7)
+    return np.degrees(np.arctan2(rel[1, 0], rel[0, 0]))
+
+
+def test_grasp_symmetry_fold_keeps_one_grasp_mode_and_leaves_unimodal_labels_alone():
+    """Top-down grasps of objects at random yaws: 70 % of the demos grasp at -90° about the object,
+    30 % at +90° (the half-turn twin). Folding turns exactly the 30 % onto the common grasp and keeps
+    every position; labels spread ±40° around one grasp are not touched."""
+    from common.scripted import top_down
+    rng = np.random.default_rng(0)
+    n = 200
+    ref = np.stack([P.make_pose(rng.uniform(-0.2, 0.2, 3), P.axisangle_to_mat([0, 0, rng.uniform(-np.pi, np.pi)]))
+                    for _ in range(n)])
+    twin = rng.random(n) < 0.3
+    rel_yaw = np.where(twin, np.pi / 2, -np.pi / 2) + rng.normal(0, 0.05, n)
+    def labels(yaws):
+        out = []
+        for T, y in zip(ref, yaws):
+            R = T[:3, :3] @ top_down(0.0) @ P.axisangle_to_mat([0, 0, -y])  # gripper yaw y about the object
+            out.append(P.mat_to_pose7(P.make_pose(T[:3, 3] + [0.01, 0, 0.05], R)))
+        return np.stack(out)
+    init = labels(rel_yaw)
+    folded, turned = train.fold_grasp_symmetry(init, ref)
+    assert np.array_equal(turned, twin)
+    assert np.allclose(folded[:, :3], init[:, :3])
+    yaws = np.array([_yaw_about(T, p) for T, p in zip(ref, folded)])
+    common_yaw = np.median(yaws)
+    assert np.all(np.abs((yaws - common_yaw + 180) % 360 - 180) < 20)
+    # the untouched ones are bit-identical
+    assert np.array_equal(folded[~twin], init[~twin])
+    # one mode, spread ±40°: nothing to fold
+    spread = labels(-np.pi / 2 + rng.uniform(-0.7, 0.7, n))
+    _, turned = train.fold_grasp_symmetry(spread, ref)
+    assert not turned.any()
+
+
 def test_multi_hypothesis_pose_head_picks_a_mode_where_regression_averages():
     """Two equally likely initiation poses for the same observation (two source demos grasping
     from opposite sides): plain regression (K=1) lands between them, the winner-takes-all head
