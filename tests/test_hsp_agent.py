@@ -150,6 +150,9 @@ def test_wilson_interval_known_values():
     lo, hi = wilson_interval(81, 263)
     assert lo == pytest.approx(0.2553, abs=1e-3) and hi == pytest.approx(0.3662, abs=1e-3)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    # exact ends (n = 50 left 7e-18 at 0 successes, a negative error bar in the plot)
+    for n in (10, 50, 100, 500):
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
 
 
 def test_summary_counts_stages_among_rollouts_that_reached_them():
