@@ -169,11 +169,10 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
     return data
 
 
-HALF_TURN_Z = np.diag([-1.0, -1.0, 1.0])  # rotation by π about the gripper's approach (z) axis
-
-
-def fold_grasp_symmetry(init_pose: np.ndarray, ref_pose: np.ndarray, window_deg: float = 45.0):
-    """Fold the parallel-jaw gripper's half-turn symmetry out of one stage's initiation poses.
+def fold_grasp_symmetry(init_pose: np.ndarray, ref_pose: np.ndarray, period: float = np.pi,
+                        window_deg: float = 45.0):
+    """Fold the parallel-jaw gripper's half-turn symmetry (or a finer one, `period`, of a grasped
+    knob: the task's `grasp_yaw_period`) out of one stage's initiation poses.
 
     An empty parallel-jaw gripper grasps the same way turned by π about its approach axis, so
     source demos (and the demos generated from them) grasp an object at either of two wrist yaws:
@@ -181,9 +180,10 @@ def fold_grasp_symmetry(init_pose: np.ndarray, ref_pose: np.ndarray, window_deg:
     grasp 60/40 at 180°/0°. Regressing such labels averages the two into a pose that is neither.
     In the reference object's frame we take as canonical the label orientation with the most labels
     within `window_deg` (the most common grasp), and replace each label by whichever of itself and
-    its half-turn twin is nearer to it. A label is turned only when its twin lands nearer the common
-    grasp than it is, so every folded label is a grasp the demos (and so the skill policy) know.
-    Positions are unchanged (the turn is about the grip site). Returns (poses (N, 7), turned mask).
+    its twins (turned by multiples of `period` about the approach axis) is nearest to it. A label is
+    turned only when a twin lands nearer the common grasp than it is, so every folded label is a
+    grasp the demos (and so the skill policy) know. Positions are unchanged (the turn is about the
+    grip site). Returns (poses (N, 7), turned mask).
     """
     T = np.stack([P.pose7_to_mat(p) for p in init_pose])
     rel = np.einsum("nji,njk->nik", ref_pose[:, :3, :3], T[:, :3, :3])  # R_ref^T R_eef
@@ -192,12 +192,14 @@ def fold_grasp_symmetry(init_pose: np.ndarray, ref_pose: np.ndarray, window_deg:
         return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
     pick = np.linspace(0, len(rel) - 1, min(len(rel), 256)).astype(int)  # candidates for the canonical grasp
     canonical = rel[pick[(angle(rel[pick], rel) < window_deg).sum(1).argmax()]]
-    twin = rel @ HALF_TURN_Z
-    turn = angle(twin, canonical[None])[:, 0] < angle(rel, canonical[None])[:, 0]
+    n_twins = max(1, int(round(2 * np.pi / period)))
+    turns = [P.axisangle_to_mat([0.0, 0.0, k * 2 * np.pi / n_twins]) for k in range(n_twins)]  # k = 0: itself
+    dist = np.stack([angle(rel @ Rz, canonical[None])[:, 0] for Rz in turns], axis=1)  # (N, n_twins)
+    best = dist.argmin(axis=1)
+    turn = best > 0
     out = np.array(init_pose, dtype=np.float64, copy=True)
-    if turn.any():
-        R = T[turn, :3, :3] @ HALF_TURN_Z
-        out[turn, 3:7] = np.stack([P.mat_to_quat(r) for r in R])
+    for j in np.flatnonzero(turn):
+        out[j, 3:7] = P.mat_to_quat(T[j, :3, :3] @ turns[best[j]])
     return out, turn
 
 
@@ -408,7 +410,9 @@ def main(argv=None) -> dict:
     if args.grasp_symmetry == "fold":
         for i in range(n_stages):
             if data["init_gripper_open"][:, i].all():
-                data["init_pose"][:, i], turned = fold_grasp_symmetry(data["init_pose"][:, i], data["init_ref_pose"][:, i])
+                period = common.TASKS[args.task].grasp_yaw_period.get(i, np.pi)
+                data["init_pose"][:, i], turned = fold_grasp_symmetry(data["init_pose"][:, i],
+                                                                      data["init_ref_pose"][:, i], period)
                 folded[data["stages"][i]["name"]] = int(turned.sum())
         print("grasp symmetry folded (initiation poses turned by π per grasp stage): "
               + (", ".join(f"{k} {v}/{n_demos}" for k, v in folded.items()) or "no grasp stage"))

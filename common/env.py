@@ -151,6 +151,10 @@ class KitTask(ManipulationEnv):
     # Per-stage action noise during generation, overriding --action-noise (MimicGen configures
     # action_noise per subtask): {stage index: σ}.
     datagen_stage_noise: dict = {}
+    # Grasp stages whose grasp repeats under a turn of the gripper about its approach axis by less
+    # than the parallel jaw's own half-turn (e.g. a square knob: π/2): {stage index: period in rad}.
+    # 02_train_hsp.py folds initiation-pose labels by this period (default π).
+    grasp_yaw_period: dict = {}
     table_offset = (0.0, 0.0, 0.8)
     table_full_size = (0.8, 0.8, 0.05)
     table_friction = (1.0, 5e-3, 1e-4)

@@ -234,6 +234,17 @@ def test_grasp_symmetry_fold_keeps_one_grasp_mode_and_leaves_unimodal_labels_alo
     spread = labels(-np.pi / 2 + rng.uniform(-0.7, 0.7, n))
     _, turned = train.fold_grasp_symmetry(spread, ref)
     assert not turned.any()
+    # a square knob (ThreePiece's piece 2) is grasped from any side: with period π/2 the two
+    # quarter-turned modes fold onto the most common one; the half-turn fold cannot merge them
+    # (each is 90° from the common grasp, and so is its half-turn twin).
+    side = rng.choice([0, 1, 3], size=n, p=[0.5, 0.3, 0.2])
+    knob = labels(side * np.pi / 2 + rng.normal(0, 0.05, n))
+    for period, n_modes in ((np.pi / 2, 1), (np.pi, 3)):
+        folded, turned = train.fold_grasp_symmetry(knob, ref, period)
+        yaws = np.array([_yaw_about(T, p) for T, p in zip(ref, folded)])
+        assert len(np.unique(np.round(yaws / 90.0).astype(int) % 4)) == n_modes, period
+        if n_modes == 1:
+            assert np.array_equal(turned, side != 0)
 
 
 def test_multi_hypothesis_pose_head_picks_a_mode_where_regression_averages():

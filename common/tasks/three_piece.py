@@ -90,6 +90,7 @@ class ThreePieceAssembly_D2(KitTask):
         "piece_1": dict(x=(-0.22, 0.22), y=(-0.22, 0.22), yaw=(0.0, 180 * DEG), z_offset=0.001),
         "piece_2": dict(x=(-0.22, 0.22), y=(-0.22, 0.22), yaw=(0.0, 180 * DEG), z_offset=0.001),
     }
+    grasp_yaw_period = {2: np.pi / 2}  # piece 2's square knob; the scripted demos grasp it from any side
     stages = (
         Stage("grasp_piece_1", "piece_1", "piece_1_grasped", "grasp piece 1 by its fin and lift it"),
         Stage("insert_piece_1", "base", "piece_1_assembled", "put piece 1 into the base's hole and let go"),
