@@ -414,7 +414,7 @@ def main(argv=None) -> dict:
                 data["init_pose"][:, i], turned = fold_grasp_symmetry(data["init_pose"][:, i],
                                                                       data["init_ref_pose"][:, i], period)
                 folded[data["stages"][i]["name"]] = int(turned.sum())
-        print("grasp symmetry folded (initiation poses turned by π per grasp stage): "
+        print("grasp symmetry folded (initiation poses turned onto the common grasp, per grasp stage): "
               + (", ".join(f"{k} {v}/{n_demos}" for k, v in folded.items()) or "no grasp stage"))
 
     train_mask, train_demos = ~is_val, ~np.isin(np.arange(n_demos), val_demos)
