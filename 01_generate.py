@@ -172,7 +172,7 @@ def generate_attempt(env, planner, sources: D.SourceSegments, seed: int, args) -
         if not res.success:
             return d, f"stage {i}: connect {res.reason}"
 
-        # Skill: replay the transformed segment, each action toward the next pose (MimicGen).
+        # Skill: replay the transformed segment (--replay: the source's commanded poses, or its recorded ones).
         d.label(i, D.PHASE_SKILL)
         d.action_noise = stage_noise.get(i, args.action_noise)
         last = i == len(env.stages) - 1

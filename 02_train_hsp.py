@@ -82,8 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=None, help="steps between validation evaluations")
     p.add_argument("--val-fraction", type=float, default=None, help="fraction of demos held out (0 = none)")
     p.add_argument("--grasp-symmetry", default="fold", choices=["fold", "none"],
-                   help="fold: map each empty-gripper initiation pose to its half-turn twin nearest the stage's "
-                        "most common grasp (a single mode for I_θi); none: raw labels")
+                   help="fold: map each empty-gripper initiation pose to its twin (turned by π, or the task's "
+                        "grasp_yaw_period) nearest the stage's most common grasp (a single mode for I_θi); "
+                        "none: raw labels")
     p.add_argument("--max-demos", type=int, default=None, help="use only the first N demos of the file")
     p.add_argument("--keep-last", action="store_true",
                    help="keep each network's final weights instead of its best validation evaluation")
@@ -106,7 +107,10 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
     `init_ref_pose` the (n_demos, n_stages, 4, 4) reference-object poses there and
     `init_gripper_open` whether the gripper was open (empty) on arrival.
     """
-    with D.open_dataset(path, task) as f:
+    # the reference objects' poses are read where each skill starts (fold_grasp_symmetry)
+    refs = tuple(f"datagen_info/object_poses/{st.reference_object}"
+                 for st in common.TASKS[check_task_name(task)].stages)
+    with D.open_dataset(path, task, require=D.REQUIRED_DEMO_KEYS + refs) as f:
         keys = D.demo_keys(f)[:max_demos]
         stages = json.loads(f["data"].attrs["stages"])
         g0 = f["data"][keys[0]]
@@ -145,12 +149,7 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
             # the reference object's pose and the gripper command where each skill starts (its
             # initiation pose): for folding the gripper's half-turn symmetry (fold_grasp_symmetry)
             starts = g["skill_bounds"][:, 0]
-            for st in stages:
-                if f"datagen_info/object_poses/{st['reference_object']}" not in g:
-                    raise D.DataError(f"{path}: {k} lacks datagen_info/object_poses/{st['reference_object']} "
-                                      f"(DESIGN.md, HDF5 layout); regenerate with 01_generate.py")
-            init_ref.append(np.stack([g["datagen_info/object_poses"][st["reference_object"]][a]
-                                      for st, a in zip(stages, starts)]))
+            init_ref.append(np.stack([g[ref][a] for ref, a in zip(refs, starts)]))
             init_open.append(g["actions"][np.maximum(starts - 1, 0), 6] < 0)
             row += T
     data = {"obs": {k: np.concatenate(v) for k, v in cols.items()}}

@@ -279,8 +279,8 @@ def plot_table(path: str, task: str, variants: dict):
     import matplotlib.pyplot as plt
     names = list(variants)
     ours = [100 * variants[n]["summary"]["success_rate"] for n in names]
-    lo = [max(0.0, o - 100 * variants[n]["summary"]["wilson95"][0]) for o, n in zip(ours, names)]
-    hi = [max(0.0, 100 * variants[n]["summary"]["wilson95"][1] - o) for o, n in zip(ours, names)]
+    lo = [o - 100 * variants[n]["summary"]["wilson95"][0] for o, n in zip(ours, names)]
+    hi = [100 * variants[n]["summary"]["wilson95"][1] - o for o, n in zip(ours, names)]
     paper = [PAPER_TABLE1.get(n, {}).get(task, np.nan) for n in names]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(1.8 * len(names) + 2, 3.5))
