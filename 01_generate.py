@@ -18,6 +18,11 @@ demo and resumes to the target count. With --workers N, each worker writes its o
     python 01_generate.py --task Threading_D2 --preset quick            # 10 source + 50 generated
     python 01_generate.py --task Threading_D2 --preset paper --workers 2  # 1000 generated
     python 01_generate.py --task Threading_D2 --source my_demos.hdf5      # validate + use yours
+    python 01_generate.py --task Threading_D2 --images-from data/Threading_D2/generated.hdf5 --num-demos 200
+
+The last form adds camera observations to demos generated in state mode, as robomimic's
+dataset_states_to_obs does: every stored `states` row is set in an image-mode env and rendered.
+It skips source and generation and writes <out>/<task>/generated_images.hdf5 (resumable).
 """
 from __future__ import annotations
 
@@ -67,6 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--action-noise", type=float, default=DATAGEN_ACTION_NOISE,
                    help="Gaussian σ on the normalized pose action during skill replay (MimicGen: 0.05)")
     p.add_argument("--images", action="store_true", help="also store camera observations (rendered by replay)")
+    p.add_argument("--images-from", default=None, metavar="HDF5",
+                   help="only render camera observations for the first --num-demos demos of this existing "
+                        "file (from its stored states) into <out>/<task>/generated_images.hdf5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="data", help="output root; files go to <out>/<task>/")
     p.add_argument("--device", default=None, help="unused here (simulation is CPU); accepted for uniformity")
@@ -137,6 +145,60 @@ def copy_source_file(args, path) -> dict:
         shutil.copyfile(args.source, path + ".tmp")
         os.replace(path + ".tmp", path)
     return dict(num_demos=n, copied_from=args.source)
+
+
+# ======================================================================================= images for an existing file
+def _render_one(job) -> str:
+    """Worker: render demo `key` of `src` and write it as part `name` (fork-inherited image env)."""
+    src, key, name, pdir = job
+    with D.open_dataset(src) as f:
+        demo = D.load_demo(f, key)  # its attrs (seed, source, model) are written back unchanged
+    demo["obs"].update(render_states(_RENDER_ENV, demo["states"]))
+    D.write_part(pdir, name, demo)
+    return name
+
+
+_RENDER_ENV = None  # set before the pool forks; one image-mode env per process
+
+
+def render_existing(args, out_dir: str) -> dict:
+    """Add camera observations to the first --num-demos demos of --images-from, by setting each
+    stored state in an image-mode env (rendering is deterministic given the state)."""
+    global _RENDER_ENV
+    src = args.images_from
+    with D.open_dataset(src, task=args.task) as f:
+        keys = D.demo_keys(f)
+        have_images = [k for k in f["data"][keys[0]]["obs"].keys() if k.endswith("_image")]
+    if have_images:
+        raise D.DataError(f"{src} already has camera observations ({', '.join(have_images)})")
+    num = len(keys) if args.num_demos is None else min(args.num_demos, len(keys))
+    keys = keys[:num]
+    out_path = os.path.join(out_dir, "generated_images.hdf5")
+    if os.path.abspath(out_path) == os.path.abspath(src):
+        raise SystemExit(f"--images-from {src} would be overwritten; use another --out")
+    pdir = D.parts_dir(out_path)
+    names = [f"r_{int(k.split('_')[1]):07d}" for k in keys]
+    done = set(D.list_parts(pdir, "r_"))
+    jobs = [(src, k, n, pdir) for k, n in zip(keys, names) if n not in done]
+    _RENDER_ENV = make_env(args.task, obs_mode="image")
+    t0 = time.time()
+    bar = tqdm(total=num, initial=num - len(jobs), desc=f"render {args.task}", unit="demo")
+    if args.workers == 1:
+        for job in jobs:
+            _render_one(job)
+            bar.update(1)
+    else:  # fork: workers inherit the image env
+        with mp.get_context("fork").Pool(args.workers) as pool:
+            for _ in pool.imap_unordered(_render_one, jobs):
+                bar.update(1)
+    bar.close()
+    wall = time.time() - t0
+    env = make_env(args.task, obs_mode="state")
+    n_final = D.merge_parts(pdir, out_path, names, args.task, {"obs_mode": "state"}, stage_specs(env))
+    shutil.rmtree(pdir)
+    return dict(path=out_path, images_from=src, num_demos=n_final, cameras=_RENDER_ENV.cameras,
+                rendered_this_run=len(jobs), wall_seconds=wall,
+                seconds_per_demo=wall / len(jobs) if jobs else None, workers=args.workers)
 
 
 # ======================================================================================= generation
@@ -324,6 +386,12 @@ def main(argv=None):
     out_dir = os.path.join(args.out, args.task)
     os.makedirs(out_dir, exist_ok=True)
     source_path = os.path.join(out_dir, "source.hdf5")
+    if args.images_from:
+        summary = render_existing(args, out_dir)
+        summary.update(task=args.task, config=vars(args))
+        write_json(os.path.join(out_dir, "generated_images_summary.json"), summary)
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+        return summary
 
     t0 = time.time()
     if args.source == "scripted":

@@ -123,8 +123,10 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
             missing = [c for c in default_cameras(task) if c not in have]
             if missing or not cameras:
                 raise D.DataError(f"{path} has no camera images for {', '.join(missing or default_cameras(task))}; "
-                                  f"--obs image needs them: regenerate with `python 01_generate.py --task {task} "
-                                  f"--images`, or train with --obs state")
+                                  f"--obs image needs them: render them from the stored states with "
+                                  f"`python 01_generate.py --task {task} --images-from {path}` (then pass "
+                                  f"--data <out>/{task}/generated_images.hdf5), generate with --images, "
+                                  f"or train with --obs state")
         obs_keys = low_dim + [f"{c}_image" for c in cameras]
         derived = [k for k in obs_keys if k == "object_rel"]  # always recomputed from proprio + object
         stored = [k for k in obs_keys if k not in derived] + [k for k in ("proprio", "object") if derived and k not in obs_keys]
