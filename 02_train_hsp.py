@@ -83,7 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--val-fraction", type=float, default=None, help="fraction of demos held out (0 = none)")
     p.add_argument("--grasp-symmetry", default="fold", choices=["fold", "none"],
                    help="fold: map each empty-gripper initiation pose to its twin (turned by π, or the task's "
-                        "grasp_yaw_period) nearest the stage's most common grasp (a single mode for I_θi); "
+                        "grasp_yaw_period) nearest the stage's most common grasp, and each placement into a "
+                        "symmetric target (the task's place_yaw_period) likewise (a single mode for I_θi); "
                         "none: raw labels")
     p.add_argument("--max-demos", type=int, default=None, help="use only the first N demos of the file")
     p.add_argument("--keep-last", action="store_true",
@@ -171,7 +172,7 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
 
 
 def fold_grasp_symmetry(init_pose: np.ndarray, ref_pose: np.ndarray, period: float = np.pi,
-                        window_deg: float = 45.0):
+                        window_deg: float = 45.0, about: str = "grip"):
     """Fold the parallel-jaw gripper's half-turn symmetry (or a finer one, `period`, of a grasped
     knob: the task's `grasp_yaw_period`) out of one stage's initiation poses.
 
@@ -185,6 +186,10 @@ def fold_grasp_symmetry(init_pose: np.ndarray, ref_pose: np.ndarray, period: flo
     turned only when a twin lands nearer the common grasp than it is, so every folded label is a
     grasp the demos (and so the skill policy) know. Positions are unchanged (the turn is about the
     grip site). Returns (poses (N, 7), turned mask).
+
+    `about="reference"` folds a placement instead: the twins turn about the reference object's
+    vertical axis through its origin (ThreePiece's square hole: piece 1 fits it every 90°), which
+    moves the label's position with it.
     """
     T = np.stack([P.pose7_to_mat(p) for p in init_pose])
     rel = np.einsum("nji,njk->nik", ref_pose[:, :3, :3], T[:, :3, :3])  # R_ref^T R_eef
@@ -195,12 +200,21 @@ def fold_grasp_symmetry(init_pose: np.ndarray, ref_pose: np.ndarray, period: flo
     canonical = rel[pick[(angle(rel[pick], rel) < window_deg).sum(1).argmax()]]
     n_twins = max(1, int(round(2 * np.pi / period)))
     turns = [P.axisangle_to_mat([0.0, 0.0, k * 2 * np.pi / n_twins]) for k in range(n_twins)]  # k = 0: itself
-    dist = np.stack([angle(rel @ Rz, canonical[None])[:, 0] for Rz in turns], axis=1)  # (N, n_twins)
+    if about not in ("grip", "reference"):
+        raise ValueError(f"about = {about!r}; choose 'grip' or 'reference'")
+    twin = (lambda Rz: rel @ Rz) if about == "grip" else (lambda Rz: Rz @ rel)
+    dist = np.stack([angle(twin(Rz), canonical[None])[:, 0] for Rz in turns], axis=1)  # (N, n_twins)
     best = dist.argmin(axis=1)
     turn = best > 0
     out = np.array(init_pose, dtype=np.float64, copy=True)
     for j in np.flatnonzero(turn):
-        out[j, 3:7] = P.mat_to_quat(T[j, :3, :3] @ turns[best[j]])
+        Rz = turns[best[j]]
+        if about == "grip":  # T_eef Rz: the gripper turned about its own approach axis
+            out[j, 3:7] = P.mat_to_quat(T[j, :3, :3] @ Rz)
+        else:  # T_ref Rz T_ref^-1 T_eef: the whole pose turned about the reference's vertical axis
+            M = np.eye(4)
+            M[:3, :3] = Rz
+            out[j] = P.mat_to_pose7(ref_pose[j] @ M @ np.linalg.inv(ref_pose[j]) @ T[j])
     return out, turn
 
 
@@ -406,17 +420,23 @@ def main(argv=None) -> dict:
     print(f"{args.task} ({args.obs}): {n_demos} demos ({n_demos - n_val} train, {n_val} validation), "
           f"{len(data['actions'])} steps, {n_stages} stages, cameras {data['cameras'] or '-'}, device {device}")
 
-    # Grasp stages (the gripper arrives empty): one mode per initiation pose, see fold_grasp_symmetry.
+    # Grasp stages (the gripper arrives empty), and placements into a symmetric target: one mode
+    # per initiation pose, see fold_grasp_symmetry.
     folded = {}
     if args.grasp_symmetry == "fold":
+        task_cls = common.TASKS[args.task]
         for i in range(n_stages):
             if data["init_gripper_open"][:, i].all():
-                period = common.TASKS[args.task].grasp_yaw_period.get(i, np.pi)
-                data["init_pose"][:, i], turned = fold_grasp_symmetry(data["init_pose"][:, i],
-                                                                      data["init_ref_pose"][:, i], period)
-                folded[data["stages"][i]["name"]] = int(turned.sum())
-        print("grasp symmetry folded (initiation poses turned onto the common grasp, per grasp stage): "
-              + (", ".join(f"{k} {v}/{n_demos}" for k, v in folded.items()) or "no grasp stage"))
+                period, about = task_cls.grasp_yaw_period.get(i, np.pi), "grip"
+            elif i in task_cls.place_yaw_period:
+                period, about = task_cls.place_yaw_period[i], "reference"
+            else:
+                continue
+            data["init_pose"][:, i], turned = fold_grasp_symmetry(data["init_pose"][:, i],
+                                                                  data["init_ref_pose"][:, i], period, about=about)
+            folded[data["stages"][i]["name"]] = int(turned.sum())
+        print("symmetry folded (initiation poses turned onto the stage's common one): "
+              + (", ".join(f"{k} {v}/{n_demos}" for k, v in folded.items()) or "no stage"))
 
     train_mask, train_demos = ~is_val, ~np.isin(np.arange(n_demos), val_demos)
     normalizer = ObsNormalizer.fit({k: data["obs"][k][train_mask] for k in data["low_dim_keys"]})
@@ -439,7 +459,7 @@ def main(argv=None) -> dict:
                   "lr": float(hp["lr"]), "weight_decay": float(hp["weight_decay"]),
                   "batch_size": int(hp["batch_size"]), "eval_every": int(hp["eval_every"]),
                   "termination_after_steps": int(hp["termination_after_steps"]), "steps": {}, "pos_weight": [],
-                  "grasp_symmetry": args.grasp_symmetry, "grasp_poses_turned": folded},
+                  "grasp_symmetry": args.grasp_symmetry, "poses_turned": folded},
     }
     models = build_stage_models(config, normalizer)
     print("parameters per stage: " + ", ".join(f"{k} {count_params(v):,}" for k, v in models[0].items()))

@@ -155,6 +155,10 @@ class KitTask(ManipulationEnv):
     # than the parallel jaw's own half-turn (e.g. a square knob: π/2): {stage index: period in rad}.
     # 02_train_hsp.py folds initiation-pose labels by this period (default π).
     grasp_yaw_period: dict = {}
+    # Placement stages (an object in hand) whose target repeats under a turn about the reference
+    # object's vertical axis (e.g. a square hole: π/2): {stage index: period in rad}. Source demos
+    # may use any of the equivalent placements, so 02_train_hsp.py folds these labels too.
+    place_yaw_period: dict = {}
     table_offset = (0.0, 0.0, 0.8)
     table_full_size = (0.8, 0.8, 0.05)
     table_friction = (1.0, 5e-3, 1e-4)

@@ -247,6 +247,38 @@ def test_grasp_symmetry_fold_keeps_one_grasp_mode_and_leaves_unimodal_labels_alo
             assert np.array_equal(turned, side != 0)
 
 
+def test_placement_fold_turns_the_pose_about_the_target_and_keeps_it_over_the_hole():
+    """ThreePiece's first insertion: the hole repeats every 90°, and the labels (eef above the hole,
+    offset 1 cm from its axis) sit at 0°/90°/180° about the base. Folding about the reference turns
+    the minority onto 90°: orientation *and* position turn about the base's vertical axis, so every
+    folded pose is the common pose in the base's frame, up to the label noise."""
+    from common.scripted import top_down
+    rng = np.random.default_rng(1)
+    n = 300
+    ref = np.stack([P.make_pose([rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2), 0.82],
+                                P.axisangle_to_mat([0, 0, rng.uniform(-np.pi / 4, np.pi / 4)])) for _ in range(n)])
+    side = rng.choice([0, 1, 2], size=n, p=[0.1, 0.7, 0.2])
+    offset = np.array([0.01, 0.0, 0.14])  # in the hole's frame, for the common (90°) placement
+    init = []
+    for T, k in zip(ref, side):
+        Rz = P.axisangle_to_mat([0, 0, k * np.pi / 2 + rng.normal(0, 0.02)])
+        rel = P.make_pose(Rz @ P.axisangle_to_mat([0, 0, -np.pi / 2]) @ offset, Rz @ top_down(0.0))
+        init.append(P.mat_to_pose7(T @ rel))
+    init = np.stack(init)
+    folded, turned = train.fold_grasp_symmetry(init, ref, np.pi / 2, about="reference")
+    assert np.array_equal(turned, side != 1)
+    rel = np.stack([np.linalg.inv(T) @ P.pose7_to_mat(p) for T, p in zip(ref, folded)])
+    assert np.allclose(rel[:, :3, 3], offset, atol=1e-3)  # all on the common side
+    yaws = np.degrees(np.arctan2(rel[:, 1, 0], rel[:, 0, 0]))
+    assert np.all(np.abs((yaws - yaws[0] + 180) % 360 - 180) < 5)
+    # the grip fold would keep positions, so it cannot put the turned labels over the same point
+    g, _ = train.fold_grasp_symmetry(init, ref, np.pi / 2, about="grip")
+    grel = np.stack([np.linalg.inv(T) @ P.pose7_to_mat(p) for T, p in zip(ref, g)])
+    assert (np.linalg.norm(grel[side != 1][:, :2, 3] - offset[:2], axis=1) > 0.009).all()
+    with pytest.raises(ValueError, match="about"):
+        train.fold_grasp_symmetry(init, ref, np.pi / 2, about="nowhere")
+
+
 def test_multi_hypothesis_pose_head_picks_a_mode_where_regression_averages():
     """Two equally likely initiation poses for the same observation (two source demos grasping
     from opposite sides): plain regression (K=1) lands between them, the winner-takes-all head

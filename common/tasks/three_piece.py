@@ -91,6 +91,9 @@ class ThreePieceAssembly_D2(KitTask):
         "piece_2": dict(x=(-0.22, 0.22), y=(-0.22, 0.22), yaw=(0.0, 180 * DEG), z_offset=0.001),
     }
     grasp_yaw_period = {2: np.pi / 2}  # piece 2's square knob; the scripted demos grasp it from any side
+    # piece 1's square plate fits the base's square hole every 90° (TASKS.md §2, Fit); the source
+    # demos insert it at the turn nearest their wrist, so the labels sit at 0°/90°/180° about the base
+    place_yaw_period = {1: np.pi / 2}
     stages = (
         Stage("grasp_piece_1", "piece_1", "piece_1_grasped", "grasp piece 1 by its fin and lift it"),
         Stage("insert_piece_1", "base", "piece_1_assembled", "put piece 1 into the base's hole and let go"),
