@@ -67,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--action-noise", type=float, default=None, help="override: σ on skill pose actions")
     p.add_argument("--skill-action", default=None, choices=["component", "mode", "sample"],
                    help="override how the GMM skill acts (default component: robomimic's low-noise eval)")
+    p.add_argument("--source-select", default=None, choices=["task", "random", "nearest"],
+                   help="override I^Priv's source demo choice (default task: as 01_generate.py chose "
+                        "sources for the task, random except CoffeePreparation's nearest)")
     p.add_argument("--stage", type=int, default=None,
                    help="pose-noise: the stage whose skill is measured, from 0 (default: 1, Nut Assembly's "
                         "second stage as in Fig. 3)")
@@ -98,6 +101,8 @@ def make_jobs(args, n_stages: int) -> list[dict]:
         overrides["action_noise"] = args.action_noise
     if args.skill_action is not None:
         overrides["skill_action"] = args.skill_action
+    if args.source_select is not None:
+        overrides["source_select"] = args.source_select
     configs = []  # (label, variant, options, last_stage)
     if args.experiment == "table":
         for v in args.variants:

@@ -43,7 +43,10 @@ class AgentOptions:
     pose_noise: float = 0.0  # σ of App. E-A on the initiation pose (m and rad), one draw per stage
     pose_noise_stages: tuple | None = None  # stages whose pose gets the noise (None: every stage)
     action_noise: float = 0.0  # Gaussian σ on the skill's 6 pose-action dimensions
-    source_select: str = "random"  # I^Priv's source demo: "random" or "nearest" (MimicGen's choice)
+    # I^Priv's source demo: "random", "nearest" (MimicGen's nearest_neighbor_object), or "task":
+    # the way 01_generate.py chose sources for this task (its datagen_select), so that the
+    # teacher's initiation poses come from the distribution the skills were trained on.
+    source_select: str = "task"
     skill_budget_factor: float = SKILL_BUDGET_FACTOR
     # How π_θi's GMM gives an action: "component" = robomimic's low-noise evaluation (sample the
     # mixture component with the episode's seeded generator, take its mean); "mode" = the most
@@ -53,7 +56,7 @@ class AgentOptions:
     def __post_init__(self):
         checks = (("pose", self.pose, ("learned", "privileged")),
                   ("termination", self.termination, ("oracle", "learned")),
-                  ("source_select", self.source_select, ("random", "nearest")),
+                  ("source_select", self.source_select, ("task", "random", "nearest")),
                   ("skill_action", self.skill_action, ("component", "mode", "sample")))
         for name, value, allowed in checks:
             if value not in allowed:
@@ -197,7 +200,10 @@ class HSPAgent:
         if self.sources is None:
             return None
         ref0 = self.raw.object_pose(self.env.stages[0].reference_object)
-        return self.sources.choose(0, ref0, self.options.source_select, self.rng)
+        select = self.options.source_select
+        if select == "task":
+            select = type(self.raw).datagen_select
+        return self.sources.choose(0, ref0, select, self.rng)
 
     # ---------------------------------------------------------------- Algorithm 1
     def run_episode(self, seed: int, last_stage: int | None = None) -> EpisodeResult:

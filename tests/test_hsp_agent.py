@@ -54,6 +54,33 @@ def test_privileged_pose_is_the_transformed_source_pose(setup):
         assert np.linalg.norm(got[:3, 3] - seg["eef"][0][:3, 3]) > 1e-3
 
 
+def test_teacher_chooses_its_source_demo_as_generation_did(setup, monkeypatch):
+    """source_select "task" follows the task's datagen_select: random (Threading), or one of the 3
+    sources nearest in the first reference object's pose where the task generated that way."""
+    import copy
+    env, ck, models, planner, sources = setup
+    # six sources whose reference poses lie 0, 0.3, ..., 1.5 m away along x: the nearest three are 0-2
+    six = copy.copy(sources)
+    six.segments = list(sources.segments)
+    base = sources.segments[0][0]
+    six.segments[0] = []
+    for k in range(6):
+        seg = dict(base, ref=base["ref"].copy())
+        seg["ref"][0, 3] = env.raw.table_offset[0] + 0.3 * k
+        six.segments[0].append(seg)
+    picks = {}
+    for select in ("random", "nearest"):
+        monkeypatch.setattr(type(env.raw), "datagen_select", select)
+        picks[select] = set()
+        for seed in range(12):
+            agent = HSPAgent(env, models, ck["config"], planner, AgentOptions(pose="privileged"), six)
+            assert agent.options.source_select == "task"
+            agent.begin_episode(seed=seed)
+            picks[select].add(agent.source_index)
+    assert picks["nearest"] <= {0, 1, 2} and len(picks["nearest"]) >= 2
+    assert len(picks["random"] - {0, 1, 2}) >= 1
+
+
 def _connect_with_jump(setup, jump: float, monkeypatch) -> int:
     """Run stage 0's connect phase with a predictor that moves its pose by `jump` metres after 3
     steps; returns the number of replans."""
