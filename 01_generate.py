@@ -40,7 +40,7 @@ from tqdm import tqdm
 import common
 from common import data as D
 from common import pose as P
-from common.env import check_task_name, make_env, render_states, scripted_demo_fn
+from common.env import check_task_name, default_cameras, make_env, render_states, scripted_demo_fn
 from common.presets import DATAGEN_ACTION_NOISE, get_preset
 from common.scripted import Demonstrator, pose_action
 
@@ -148,23 +148,24 @@ def copy_source_file(args, path) -> dict:
 
 
 # ======================================================================================= images for an existing file
-def _render_one(job) -> str:
-    """Worker: render demo `key` of `src` and write it as part `name` (fork-inherited image env)."""
-    src, key, name, pdir = job
-    with D.open_dataset(src) as f:
-        demo = D.load_demo(f, key)  # its attrs (seed, source, model) are written back unchanged
-    demo["obs"].update(render_states(_RENDER_ENV, demo["states"]))
-    D.write_part(pdir, name, demo)
-    return name
-
-
-_RENDER_ENV = None  # set before the pool forks; one image-mode env per process
+def render_worker(task: str, jobs: list, queue):
+    """Render each job's demo (`key` of `src`) and write it as part `name`; report each one."""
+    env = make_env(task, obs_mode="image")  # built here, after any fork: EGL contexts do not survive one
+    try:
+        for src, key, name, pdir in jobs:
+            with D.open_dataset(src) as f:
+                demo = D.load_demo(f, key)  # its attrs (seed, source, model) are written back unchanged
+            demo["obs"].update(render_states(env, demo["states"]))
+            D.write_part(pdir, name, demo)
+            queue.put(name)
+    finally:
+        env.close()
+        queue.put(None)
 
 
 def render_existing(args, out_dir: str) -> dict:
     """Add camera observations to the first --num-demos demos of --images-from, by setting each
     stored state in an image-mode env (rendering is deterministic given the state)."""
-    global _RENDER_ENV
     src = args.images_from
     with D.open_dataset(src, task=args.task) as f:
         keys = D.demo_keys(f)
@@ -180,23 +181,44 @@ def render_existing(args, out_dir: str) -> dict:
     names = [f"r_{int(k.split('_')[1]):07d}" for k in keys]
     done = set(D.list_parts(pdir, "r_"))
     jobs = [(src, k, n, pdir) for k, n in zip(keys, names) if n not in done]
-    _RENDER_ENV = make_env(args.task, obs_mode="image")
     t0 = time.time()
     bar = tqdm(total=num, initial=num - len(jobs), desc=f"render {args.task}", unit="demo")
-    if args.workers == 1:
-        for job in jobs:
-            _render_one(job)
-            bar.update(1)
-    else:  # fork: workers inherit the image env
-        with mp.get_context("fork").Pool(args.workers) as pool:
-            for _ in pool.imap_unordered(_render_one, jobs):
+    # As generation: one process per worker (fork), each with its own shard and renderer.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    queue = ctx.Queue()
+    workers = max(1, min(args.workers, len(jobs)))
+    if workers == 1:
+        import threading
+        procs = [threading.Thread(target=render_worker, args=(args.task, jobs, queue), daemon=True)]
+    else:
+        procs = [ctx.Process(target=render_worker, args=(args.task, jobs[w::workers], queue)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    running = len(procs)
+    try:
+        while running:
+            if queue.get() is None:
+                running -= 1
+            else:
                 bar.update(1)
-    bar.close()
+    except KeyboardInterrupt:
+        for p in procs:
+            if hasattr(p, "terminate"):
+                p.terminate()
+        raise SystemExit("interrupted: rendered demos are kept; run the same command again to resume")
+    finally:
+        bar.close()
+    for p in procs:
+        p.join()
+    missing = [n for n in names if n not in set(D.list_parts(pdir, "r_"))]
+    if missing:
+        raise SystemExit(f"{len(missing)} demos were not rendered (a worker failed; see its error above); "
+                         f"run the same command again to resume")
     wall = time.time() - t0
     env = make_env(args.task, obs_mode="state")
     n_final = D.merge_parts(pdir, out_path, names, args.task, {"obs_mode": "state"}, stage_specs(env))
     shutil.rmtree(pdir)
-    return dict(path=out_path, images_from=src, num_demos=n_final, cameras=_RENDER_ENV.cameras,
+    return dict(path=out_path, images_from=src, num_demos=n_final, cameras=default_cameras(args.task),
                 rendered_this_run=len(jobs), wall_seconds=wall,
                 seconds_per_demo=wall / len(jobs) if jobs else None, workers=args.workers)
 
@@ -420,4 +442,7 @@ def write_json(path: str, obj: dict):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except D.DataError as e:  # bad input: its message names the fix
+        raise SystemExit(f"error: {e}") from None

@@ -413,4 +413,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (D.DataError, CheckpointError) as e:  # bad input: its message names the fix
+        raise SystemExit(f"error: {e}") from None

@@ -21,29 +21,32 @@ generate = load_script("generate", "01_generate.py")
 @pytest.fixture(scope="module")
 def rendered(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("rendered")
-    summary = generate.main(["--task", TASK, "--images-from", dataset, "--num-demos", "1", "--out", str(out)])
+    # two workers (each builds its own renderer after the fork: an inherited EGL context hangs)
+    summary = generate.main(["--task", TASK, "--images-from", dataset, "--num-demos", "2", "--workers", "2",
+                             "--out", str(out)])
     return summary["path"], summary
 
 
 def test_images_from_renders_stored_states_and_keeps_everything_else(rendered, dataset):
     path, summary = rendered
-    assert summary["num_demos"] == 1 and summary["cameras"] == default_cameras(TASK)
-    orig = D.load_all(dataset, task=TASK)[0][0]
-    (new,), _ = D.load_all(path, task=TASK)
-    for k in ("actions", "states", "stage", "phase", "stage_done", "init_pose"):
-        np.testing.assert_array_equal(orig[k], new[k])
-    assert int(orig["attrs"]["seed"]) == int(new["attrs"]["seed"])
-    np.testing.assert_array_equal(orig["obs"]["proprio"], new["obs"]["proprio"])
-    T = len(orig["actions"])
+    assert summary["num_demos"] == 2 and summary["cameras"] == default_cameras(TASK)
+    originals, _ = D.load_all(dataset, task=TASK)
+    rendered_demos, _ = D.load_all(path, task=TASK)
     env = make_env(TASK, obs_mode="image")
-    for cam in default_cameras(TASK):
-        imgs = new["obs"][f"{cam}_image"]
-        assert imgs.shape == (T, 84, 84, 3) and imgs.dtype == np.uint8
-    # each frame is the render of its own row's state (not a neighbour's, not a blank)
-    t = T // 2
-    obs = env.reset_to(orig["states"][t])
-    np.testing.assert_array_equal(new["obs"]["agentview_image"][t], obs["agentview_image"])
-    assert not np.array_equal(new["obs"]["robot0_eye_in_hand_image"][t], new["obs"]["robot0_eye_in_hand_image"][0])
+    for orig, new in zip(originals, rendered_demos):
+        for k in ("actions", "states", "stage", "phase", "stage_done", "init_pose"):
+            np.testing.assert_array_equal(orig[k], new[k])
+        assert int(orig["attrs"]["seed"]) == int(new["attrs"]["seed"])
+        np.testing.assert_array_equal(orig["obs"]["proprio"], new["obs"]["proprio"])
+        T = len(orig["actions"])
+        for cam in default_cameras(TASK):
+            imgs = new["obs"][f"{cam}_image"]
+            assert imgs.shape == (T, 84, 84, 3) and imgs.dtype == np.uint8
+        # each frame is the render of its own row's state (not a neighbour's, not a blank)
+        t = T // 2
+        obs = env.reset_to(orig["states"][t])
+        np.testing.assert_array_equal(new["obs"]["agentview_image"][t], obs["agentview_image"])
+        assert not np.array_equal(new["obs"]["robot0_eye_in_hand_image"][t], new["obs"]["robot0_eye_in_hand_image"][0])
     env.close()
     assert not os.path.exists(D.parts_dir(path))
 
@@ -78,4 +81,4 @@ def test_image_hsp_trains_and_runs_algorithm_1_on_cameras(rendered, dataset, tmp
     finally:
         planner.close()
         env.close()
-    assert summary["n_demos"] == 1
+    assert summary["n_demos"] == 2
