@@ -12,14 +12,17 @@ From data/<task>/generated.hdf5 (01_generate.py), for every stage i of the task:
 
 `--obs state`: proprio + object poses (privileged, HSP-Priv) through an MLP. `--obs image`: the
 task's cameras (DrQ-v2 conv trunk each, random-shift augmentation) + proprio, with a history of 3
-frames; the data file must have been generated with `01_generate.py --images`.
+frames; the data file must have camera observations (`01_generate.py --images`, or rendered
+afterwards from the stored states with `01_generate.py --images-from data/<task>/generated.hdf5`,
+which writes generated_images.hdf5: pass it with --data).
 
 Demos are split into train / validation (`val_fraction` of the demos, at least one); validation
 losses are logged beside the training losses. Output in <out>/<task>/:
 hsp.pt (DESIGN.md format), hsp_config.json, hsp_losses.json, hsp_losses.png.
 
     python 02_train_hsp.py --task Threading_D2 --obs state --preset quick     # about a minute on CPU
-    python 02_train_hsp.py --task Threading_D2 --obs image --preset paper --device cuda
+    python 02_train_hsp.py --task Threading_D2 --obs image --preset paper --device cuda \
+        --data data/Threading_D2/generated_images.hdf5
 """
 from __future__ import annotations
 
