@@ -221,6 +221,21 @@ def fold_grasp_symmetry(init_pose: np.ndarray, ref_pose: np.ndarray, period: flo
     return out, turn
 
 
+def gripper_values(commands: np.ndarray, max_values: int = 5) -> list[float] | None:
+    """The distinct gripper commands of the data (e.g. [-1, 0, 1]), or None when continuous."""
+    values = np.unique(np.round(np.asarray(commands, dtype=np.float64), 4))
+    return [float(v) for v in values] if len(values) <= max_values else None
+
+
+def connect_gripper(data: dict, i: int) -> float | None:
+    """The most common gripper command on stage i's connect rows (None if the data has none)."""
+    rows = (data["stage"] == i) & (data["phase"] == D.PHASE_CONNECT)
+    if not rows.any():
+        return None
+    values, counts = np.unique(np.round(data["actions"][rows, 6].astype(np.float64), 4), return_counts=True)
+    return float(values[counts.argmax()])
+
+
 def history_rows(rows: np.ndarray, ep_start: np.ndarray, frame_stack: int) -> np.ndarray:
     """(B,) rows -> (B, F) rows of the last F steps, oldest first, repeating the episode's first step."""
     offs = np.arange(frame_stack - 1, -1, -1)
@@ -449,6 +464,15 @@ def main(argv=None) -> dict:
         # longest skill segment per stage in the data: deployment's step budget scales from it
         "max_skill_steps": [int(max(np.bincount(data["demo"][(data["stage"] == i) & (data["phase"] == D.PHASE_SKILL)],
                                                  minlength=1).max(), 1)) for i in range(n_stages)],
+        # the gripper commands the demos use (robosuite integrates the command's sign, so -1 opens,
+        # +1 closes and 0 holds the fingers where they are): deployment snaps π_θi's gripper output
+        # to the nearest of them; None if the data's gripper commands are continuous
+        "gripper_values": gripper_values(data["actions"][:, 6]),
+        # the gripper command of each stage's connect segments in the data: generation (as MimicGen's
+        # interpolation) holds the skill's first command while it approaches, e.g. CoffeePreparation
+        # closes the fingers on the way to the drawer handle although the lid skill ended open;
+        # deployment connects the same way
+        "connect_gripper": [connect_gripper(data, i) for i in range(n_stages)],
         "obs": {"obs_mode": args.obs, "low_dim_keys": data["low_dim_keys"],
                 "low_dim_sizes": {k: int(data["obs"][k].shape[1]) for k in data["low_dim_keys"]},
                 "cameras": data["cameras"], "frame_stack": frame_stack, "feature_dim": int(hp["feature_dim"]),

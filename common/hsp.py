@@ -137,6 +137,9 @@ class HSPAgent:
             raise ValueError(f"checkpoint has {config['n_stages']} stages, task {env.task} has {self.n_stages}")
         self.history = ObsHistory(config["obs"]["frame_stack"], obs_keys(config)) if config else None
         self.max_skill_steps = (config or {}).get("max_skill_steps") or [200] * self.n_stages
+        values = (config or {}).get("gripper_values")  # absent in checkpoints before 2026-11-21
+        self.gripper_values = np.asarray(values, dtype=np.float64) if values else None
+        self.connect_gripper = (config or {}).get("connect_gripper") or [None] * self.n_stages
         self.skill_fn = skill_fn  # optional override: fn(agent, stage, obs_batch) -> action (tests, residual RL)
         self.obs = None
 
@@ -181,7 +184,13 @@ class HSPAgent:
         if self.options.action_noise > 0:
             a = a.copy()
             a[:6] += self.rng.normal(0.0, self.options.action_noise, 6)
-        return np.clip(a, -1.0, 1.0)
+        a = np.clip(a, -1.0, 1.0)
+        if self.gripper_values is not None:
+            # robosuite moves the fingers by the command's sign, so a regressed "hold" (0 in the
+            # demos, e.g. CoffeePreparation's half-closed fingers at the drawer handle) of +0.05
+            # would close them: snap to the nearest command the demos use.
+            a[6] = self.gripper_values[np.abs(self.gripper_values - a[6]).argmin()]
+        return a
 
     # ---------------------------------------------------------------- stepping
     def hold_action(self) -> np.ndarray:
@@ -272,6 +281,8 @@ class HSPAgent:
             r.failure = f"stage {i}: plan {plan.reason}"
             r.stage_success.append(False)
             return False
+        if self.connect_gripper[i] is not None:  # approach with the gripper as the data's connect segments did
+            self.gripper = float(self.connect_gripper[i])
         follower = self.planner.follow(plan, self.gripper)
         n = 0
         while True:

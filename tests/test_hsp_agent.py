@@ -81,6 +81,40 @@ def test_teacher_chooses_its_source_demo_as_generation_did(setup, monkeypatch):
     assert len(picks["random"] - {0, 1, 2}) >= 1
 
 
+def test_gripper_conventions_of_the_data_are_kept_at_deployment(setup, dataset):
+    """The checkpoint records the data's gripper commands and each stage's connect-phase command;
+    the agent snaps π_θi's gripper output to those commands (robosuite moves the fingers by the
+    command's sign: a regressed 0.3 for "hold" would close them) and approaches with the data's
+    connect command (CoffeePreparation closes the fingers on the way to the drawer handle)."""
+    env, ck, models, planner, sources = setup
+    cfg = ck["config"]
+    demos, _ = D.load_all(dataset, task=TASK)
+    for i in range(len(env.stages)):
+        cmds = np.concatenate([d["actions"][(d["stage"] == i) & (d["phase"] == D.PHASE_CONNECT), 6] for d in demos])
+        vals, counts = np.unique(cmds, return_counts=True)
+        assert cfg["connect_gripper"][i] == float(vals[counts.argmax()])
+    assert cfg["connect_gripper"] == [-1.0, 1.0]  # Threading: approach the needle open, the tripod holding it
+    assert set(cfg["gripper_values"]) >= {-1.0, 1.0}
+
+    def action_with_gripper(values):
+        agent = HSPAgent(env, models, dict(cfg, gripper_values=values), planner, AgentOptions(),
+                         skill_fn=lambda ag, i: np.r_[np.zeros(6), 0.3])
+        agent.begin_episode(seed=3)
+        return agent.skill_action(0)[6]
+    assert action_with_gripper([-1.0, 0.0, 1.0]) == 0.0
+    assert action_with_gripper([-1.0, 1.0]) == 1.0
+    assert action_with_gripper(None) == pytest.approx(0.3)
+
+    def fingers_after_connect(command):
+        agent = HSPAgent(env, models, dict(cfg, connect_gripper=[command, 1.0]), planner,
+                         AgentOptions(pose="privileged"), sources)
+        agent.begin_episode(seed=3)
+        agent.begin_stage(0)
+        assert agent._connect(0)
+        return float(env.proprio()[6] - env.proprio()[7])  # finger opening
+    assert fingers_after_connect(-1.0) > 0.07 > 0.01 > fingers_after_connect(1.0)
+
+
 def _connect_with_jump(setup, jump: float, monkeypatch) -> int:
     """Run stage 0's connect phase with a predictor that moves its pose by `jump` metres after 3
     steps; returns the number of replans."""
