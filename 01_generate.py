@@ -183,7 +183,9 @@ def render_existing(args, out_dir: str) -> dict:
     jobs = [(src, k, n, pdir) for k, n in zip(keys, names) if n not in done]
     t0 = time.time()
     bar = tqdm(total=num, initial=num - len(jobs), desc=f"render {args.task}", unit="demo")
-    # As generation: one process per worker (fork), each with its own shard and renderer.
+    # As generation: one process per worker (fork), each with its own shard and renderer. The
+    # command line forks before any rendering; a caller that has rendered in this process already
+    # should use --workers 1 (a fork inherits Mesa's locks and its workers can hang).
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     queue = ctx.Queue()
     workers = max(1, min(args.workers, len(jobs)))

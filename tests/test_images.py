@@ -1,6 +1,9 @@
 """Image observations end to end: 01's --images-from renders a state-mode file's demos from their
 stored states, 02 trains an image-mode HSP on it, and Algorithm 1 runs on camera observations."""
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from common.hsp import AgentOptions, HSPAgent
 from common.hsp_checkpoint import load_hsp_models
 from common.planner import Planner
 from conftest import HSP_TASK as TASK
-from conftest import load_script
+from conftest import ROOT, load_script
 
 torch.set_num_threads(1)
 generate = load_script("generate", "01_generate.py")
@@ -20,10 +23,14 @@ generate = load_script("generate", "01_generate.py")
 
 @pytest.fixture(scope="module")
 def rendered(dataset, tmp_path_factory):
+    """The command line with two workers, in a fresh process: the workers are forked, and a fork of
+    a process that already rendered (this test session's earlier tests) inherits Mesa's locks."""
     out = tmp_path_factory.mktemp("rendered")
-    # two workers (each builds its own renderer after the fork: an inherited EGL context hangs)
-    summary = generate.main(["--task", TASK, "--images-from", dataset, "--num-demos", "2", "--workers", "2",
-                             "--out", str(out)])
+    subprocess.run([sys.executable, "01_generate.py", "--task", TASK, "--images-from", dataset,
+                    "--num-demos", "2", "--workers", "2", "--out", str(out)], cwd=ROOT, check=True, timeout=600,
+                   stdout=subprocess.DEVNULL)
+    with open(os.path.join(out, TASK, "generated_images_summary.json")) as f:
+        summary = json.load(f)
     return summary["path"], summary
 
 
