@@ -147,6 +147,38 @@ def copy_source_file(args, path) -> dict:
     return dict(num_demos=n, copied_from=args.source)
 
 
+# ======================================================================================= workers
+def run_workers(target, shards: list[tuple], on_message, bar, interrupted: str):
+    """Run `target(*shard, queue)` for every shard: in a thread of this process when there is one
+    (simplest to debug and to interrupt), else one forked process each (workers inherit this module
+    even when it was loaded by importlib, as the tests and benchmarks do; each builds its own env,
+    planner and renderer after the fork). Every queue message goes to `on_message`, which returns
+    True for a worker's last. Ctrl-C stops the workers and exits with `interrupted`."""
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    queue = ctx.Queue()
+    if len(shards) == 1:
+        import threading
+        procs = [threading.Thread(target=target, args=(*shards[0], queue), daemon=True)]
+    else:
+        procs = [ctx.Process(target=target, args=(*shard, queue)) for shard in shards]
+    for p in procs:
+        p.start()
+    running = len(procs)
+    try:
+        while running:
+            if on_message(queue.get()):
+                running -= 1
+    except KeyboardInterrupt:
+        for p in procs:
+            if hasattr(p, "terminate"):
+                p.terminate()
+        raise SystemExit(interrupted)
+    finally:
+        bar.close()
+    for p in procs:
+        p.join()
+
+
 # ======================================================================================= images for an existing file
 def render_worker(task: str, jobs: list, queue):
     """Render each job's demo (`key` of `src`) and write it as part `name`; report each one."""
@@ -183,35 +215,17 @@ def render_existing(args, out_dir: str) -> dict:
     jobs = [(src, k, n, pdir) for k, n in zip(keys, names) if n not in done]
     t0 = time.time()
     bar = tqdm(total=num, initial=num - len(jobs), desc=f"render {args.task}", unit="demo")
-    # As generation: one process per worker (fork), each with its own shard and renderer. The
-    # command line forks before any rendering; a caller that has rendered in this process already
-    # should use --workers 1 (a fork inherits Mesa's locks and its workers can hang).
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    queue = ctx.Queue()
+    # As generation: one worker per shard, each with its own renderer. The command line forks
+    # before any rendering; a caller that has rendered in this process already should use
+    # --workers 1 (a fork inherits Mesa's locks and its workers can hang).
     workers = max(1, min(args.workers, len(jobs)))
-    if workers == 1:
-        import threading
-        procs = [threading.Thread(target=render_worker, args=(args.task, jobs, queue), daemon=True)]
-    else:
-        procs = [ctx.Process(target=render_worker, args=(args.task, jobs[w::workers], queue)) for w in range(workers)]
-    for p in procs:
-        p.start()
-    running = len(procs)
-    try:
-        while running:
-            if queue.get() is None:
-                running -= 1
-            else:
-                bar.update(1)
-    except KeyboardInterrupt:
-        for p in procs:
-            if hasattr(p, "terminate"):
-                p.terminate()
-        raise SystemExit("interrupted: rendered demos are kept; run the same command again to resume")
-    finally:
-        bar.close()
-    for p in procs:
-        p.join()
+
+    def on_message(msg) -> bool:  # a part's name, or None when a worker is done
+        if msg is not None:
+            bar.update(1)
+        return msg is None
+    run_workers(render_worker, [(args.task, jobs[w::workers]) for w in range(workers)], on_message, bar,
+                "interrupted: rendered demos are kept; run the same command again to resume")
     missing = [n for n in names if n not in set(D.list_parts(pdir, "r_"))]
     if missing:
         raise SystemExit(f"{len(missing)} demos were not rendered (a worker failed; see its error above); "
@@ -344,45 +358,26 @@ def generate(args, preset, out_dir: str, source_path: str) -> dict:
                     D.write_part(pdir, f"w{int(a['worker'])}_{int(a['attempt']):07d}", D.load_demo(f, k))
     have = sum(min(len(D.list_parts(pdir, f"w{w}_")), targets[w]) for w in range(args.workers))
 
-    # fork on Linux (workers inherit this module even when it was loaded by importlib, as the tests
-    # and benchmarks do; every worker builds its own env, planner and renderer after the fork).
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    queue = ctx.Queue()
     t0 = time.time()
-    if args.workers == 1:  # in-process thread: simplest to debug and to interrupt
-        import threading
-        procs = [threading.Thread(target=generate_worker, daemon=True,
-                                  args=(0, targets[0], args, out_path, source_path, queue))]
-    else:
-        procs = [ctx.Process(target=generate_worker, args=(w, targets[w], args, out_path, source_path, queue))
-                 for w in range(args.workers)]
-    for p in procs:
-        p.start()
-    failures, ok_times, render_times, attempts, running = Counter(), [], [], 0, args.workers
+    failures, ok_times, render_times, attempts = Counter(), [], [], 0
     bar = tqdm(total=num, initial=have, desc=f"generate {args.task}", unit="demo")
-    try:
-        while running:
-            kind, w, a, b = queue.get()
-            if kind == "done":
-                running -= 1
-                continue
-            attempts += 1
-            if kind == "ok":
-                ok_times.append(a)
-                render_times.append(b)
-                bar.update(1)
-            else:
-                failures[a] += 1
-            bar.set_postfix(attempts=attempts, success=f"{len(ok_times) / attempts:.0%}")
-    except KeyboardInterrupt:
-        for p in procs:
-            if hasattr(p, "terminate"):
-                p.terminate()
-        raise SystemExit("interrupted: finished demos are kept; run the same command again to resume")
-    finally:
-        bar.close()
-    for p in procs:
-        p.join()
+
+    def on_message(msg) -> bool:  # (kind, worker, a, b); kind "done" when a worker has finished
+        nonlocal attempts
+        kind, _, a, b = msg
+        if kind == "done":
+            return True
+        attempts += 1
+        if kind == "ok":
+            ok_times.append(a)
+            render_times.append(b)
+            bar.update(1)
+        else:
+            failures[a] += 1
+        bar.set_postfix(attempts=attempts, success=f"{len(ok_times) / attempts:.0%}")
+        return False
+    run_workers(generate_worker, [(w, targets[w], args, out_path, source_path) for w in range(args.workers)],
+                on_message, bar, "interrupted: finished demos are kept; run the same command again to resume")
     wall = time.time() - t0
 
     # Merge: worker order, then attempt order (the same --seed and --workers give the same file).
