@@ -79,6 +79,8 @@ def parse_args(argv=None):
                    help="instead of --steps: passes over each network's training set")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"],
+                   help="learning rate over each network's steps: constant (robomimic) or cosine decay to 0")
     p.add_argument("--hidden", type=int, nargs="+", default=None, help="MLP hidden sizes, e.g. 1024 1024")
     p.add_argument("--pose-modes", type=int, default=None,
                    help="hypotheses of the initiation pose head (1 = plain regression; see nets.PoseNet)")
@@ -324,12 +326,15 @@ def val_metrics(kind: str, net, data: dict, i: int, rows: np.ndarray, frame_stac
 def train_net(desc, kind, net, loss_fn, train_rows, val_rows, steps, hp, rng, device, data, i, frame_stack,
               no_tqdm=False) -> dict:
     """Adam on random minibatches of `train_rows`; validation every `eval_every` steps and at the end."""
-    hist = {"step": [], "train": [], "val": [], "val_metrics": []}
+    hist = {"step": [], "train": [], "val": [], "val_metrics": [], "lr": []}
     if len(train_rows) == 0 or steps <= 0:
         print(f"[{desc}] no training rows ({len(train_rows)}) or steps ({steps}): left at initialization")
         return hist
     net.to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    # Cosine decay to 0 over the run: a short CPU run at a high lr otherwise ends on noisy weights.
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+             if hp["lr_schedule"] == "cosine" else None)
     run_sum, run_n, val = 0.0, 0, None
     best_score, best_state, best_step = math.inf, None, None
     bar = tqdm(range(steps), desc=desc, disable=no_tqdm, leave=True)
@@ -339,6 +344,8 @@ def train_net(desc, kind, net, loss_fn, train_rows, val_rows, steps, hp, rng, de
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         run_sum, run_n = run_sum + loss.item(), run_n + 1
         if (step + 1) % hp["eval_every"] == 0 or step + 1 == steps:
             vm = val_metrics(kind, net, data, i, val_rows, frame_stack, device, loss_fn) if len(val_rows) else None
@@ -347,6 +354,7 @@ def train_net(desc, kind, net, loss_fn, train_rows, val_rows, steps, hp, rng, de
             hist["train"].append(run_sum / run_n)
             hist["val"].append(val)
             hist["val_metrics"].append(vm)
+            hist["lr"].append(opt.param_groups[0]["lr"])  # the rate the next step would use
             if vm is not None and hp.get("keep_best", True) and vm[SELECT_METRIC[kind]] < best_score:
                 best_score, best_step = vm[SELECT_METRIC[kind]], step + 1
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -402,7 +410,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     t_start = time.time()
     hp = get_preset(args.preset)["hsp"]
-    for k, v in (("batch_size", args.batch_size), ("lr", args.lr), ("hidden", args.hidden),
+    for k, v in (("batch_size", args.batch_size), ("lr", args.lr), ("lr_schedule", args.lr_schedule),
+                 ("hidden", args.hidden),
                  ("eval_every", args.eval_every), ("val_fraction", args.val_fraction),
                  ("pose_modes", args.pose_modes)):
         if v is not None:
@@ -483,7 +492,7 @@ def main(argv=None) -> dict:
                  "termination": {"hidden": list(hp["hidden"])}},
         "train": {"preset": args.preset, "seed": args.seed, "data": os.path.abspath(args.data),
                   "n_demos": n_demos, "val_demos": [data["demo_keys"][j] for j in val_demos],
-                  "lr": float(hp["lr"]), "weight_decay": float(hp["weight_decay"]),
+                  "lr": float(hp["lr"]), "lr_schedule": hp["lr_schedule"], "weight_decay": float(hp["weight_decay"]),
                   "batch_size": int(hp["batch_size"]), "eval_every": int(hp["eval_every"]),
                   "termination_after_steps": int(hp["termination_after_steps"]), "steps": {}, "pos_weight": [],
                   "grasp_symmetry": args.grasp_symmetry, "poses_turned": folded},

@@ -31,7 +31,8 @@ DRQV2 = dict(
 # MLP 1024x1024, 5 Gaussian modes, min std 1e-4, Adam lr 1e-4, batch 100; MimicGen trains its
 # policies for ~200k gradient steps. Image encoder: DrQ-v2 trunk (feature 50, shift pad 4, 3 frames).
 HSP = dict(
-    hidden=[1024, 1024], gmm_modes=5, gmm_min_std=1e-4, lr=1e-4, weight_decay=0.0, batch_size=100,
+    hidden=[1024, 1024], gmm_modes=5, gmm_min_std=1e-4, lr=1e-4, lr_schedule="constant", weight_decay=0.0,
+    batch_size=100,
     # Initiation pose hypotheses (nets.PoseNet). 1 = plain regression, which measured better than
     # winner-takes-all over 5 on Threading (HSP 16 % with 5, see README); kept as an option.
     pose_modes=1,

@@ -37,5 +37,6 @@ def trained(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("hsp_runs")
     summary = load_script("train_hsp", "02_train_hsp.py").main([
         "--task", HSP_TASK, "--obs", "state", "--data", dataset, "--out", str(out), "--steps", "20",
-        "--eval-every", "10", "--batch-size", "16", "--hidden", "32", "32", "--no-tqdm"])
+        "--eval-every", "10", "--batch-size", "16", "--hidden", "32", "32", "--lr-schedule", "cosine",
+        "--no-tqdm"])
     return out, summary

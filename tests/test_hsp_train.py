@@ -38,6 +38,10 @@ def test_checkpoint_format_and_outputs(trained):
     losses = json.load(open(os.path.join(d, "hsp_losses.json")))["losses"]
     h = losses["stage0_grasp_needle"]["skill"]
     assert h["step"] == [10, 20] and all(v is not None for v in h["val"])
+    # cosine schedule: half the rate at mid-run, zero at the end (the quick preset's lr is 1e-3)
+    assert h["lr"] == pytest.approx([0.5e-3, 0.0], abs=1e-9)
+    cfg = json.load(open(os.path.join(d, "hsp_config.json")))
+    assert cfg["train"]["lr_schedule"] == "cosine"
 
 
 def test_loaded_models_give_valid_outputs(trained, dataset):
