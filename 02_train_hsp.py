@@ -91,6 +91,10 @@ def parse_args(argv=None):
                         "grasp_yaw_period) nearest the stage's most common grasp, and each placement into a "
                         "symmetric target (the task's place_yaw_period) likewise (a single mode for I_θi); "
                         "none: raw labels")
+    p.add_argument("--select-trials", type=int, default=None,
+                   help="choose each stage's skill among its snapshots by this many rollouts from held-out "
+                        "demos' skill-start states (0 = keep the best validation evaluation; see README)")
+    p.add_argument("--select-workers", type=int, default=1, help="processes for the selection rollouts")
     p.add_argument("--max-demos", type=int, default=None, help="use only the first N demos of the file")
     p.add_argument("--keep-last", action="store_true",
                    help="keep each network's final weights instead of its best validation evaluation")
@@ -324,8 +328,9 @@ def val_metrics(kind: str, net, data: dict, i: int, rows: np.ndarray, frame_stac
 
 
 def train_net(desc, kind, net, loss_fn, train_rows, val_rows, steps, hp, rng, device, data, i, frame_stack,
-              no_tqdm=False) -> dict:
-    """Adam on random minibatches of `train_rows`; validation every `eval_every` steps and at the end."""
+              no_tqdm=False, snapshots: dict | None = None) -> dict:
+    """Adam on random minibatches of `train_rows`; validation every `eval_every` steps and at the end.
+    `snapshots`, if given, receives {step: weights} at the evaluations of the run's second half."""
     hist = {"step": [], "train": [], "val": [], "val_metrics": [], "lr": []}
     if len(train_rows) == 0 or steps <= 0:
         print(f"[{desc}] no training rows ({len(train_rows)}) or steps ({steps}): left at initialization")
@@ -355,6 +360,8 @@ def train_net(desc, kind, net, loss_fn, train_rows, val_rows, steps, hp, rng, de
             hist["val"].append(val)
             hist["val_metrics"].append(vm)
             hist["lr"].append(opt.param_groups[0]["lr"])  # the rate the next step would use
+            if snapshots is not None and step + 1 >= steps / 2:
+                snapshots[step + 1] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             if vm is not None and hp.get("keep_best", True) and vm[SELECT_METRIC[kind]] < best_score:
                 best_score, best_step = vm[SELECT_METRIC[kind]], step + 1
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -371,6 +378,75 @@ def train_net(desc, kind, net, loss_fn, train_rows, val_rows, steps, hp, rng, de
             print(f"[{desc}] keeping step {best_step} (best validation {SELECT_METRIC[kind]} {best_score:.4f})")
     net.eval()
     return hist
+
+
+# ------------------------------------------------------------------------------------------ selection
+def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, stages, n_trials) -> list:
+    """Choose each stage's skill among its snapshots (the validation evaluations of the second half
+    of its training) by rollout success, and put the winner into `stages` (in place).
+
+    Validation losses say little about closed-loop success (robomimic, Mandlekar et al. 2021; MimicGen
+    reports the best checkpoint by rollouts). Here every snapshot of stage i runs the same
+    `n_trials` trials: each restores a held-out demo's sim state where its stage-i skill began
+    (cycling through the held-out demos, with a new seed for the GMM component draws each lap) and
+    runs π_θi to termination (the oracle check). The evaluation's episodes start from fresh seeded
+    resets, never from these states. Ties go to the best validation evaluation, then the later step.
+    """
+    from common.hsp import skill_trials
+    from common.hsp_checkpoint import atomic_torch_save
+
+    names = [f"stage{i}_{st['name']}" for i, st in enumerate(data["stages"])]
+    cand_path = os.path.join(out_dir, "hsp_skill_snapshots.pt")
+    atomic_torch_save({"stages": [{str(k): v for k, v in snaps.items()} for snaps in snapshots]}, cand_path)
+    jobs = []
+    with D.open_dataset(args.data, args.task) as f:
+        for i, snaps in enumerate(snapshots):
+            starts = []
+            for j in val_demos:
+                g = f["data"][data["demo_keys"][j]]
+                a = int(g["skill_bounds"][i, 0])
+                if a >= 0:
+                    starts.append((g["states"][a], g["actions"][:a, 6]))
+            for t in range(n_trials):
+                (state, grip), seed = starts[t % len(starts)], 1_000_003 * i + t
+                jobs += [(i, step, state, grip, seed) for step in snaps]
+    n_cand = sum(len(s) for s in snapshots)
+    print(f"skill selection: {n_cand} snapshots x {n_trials} trials from {len(val_demos)} held-out demos' "
+          f"skill starts ({len(jobs)} skill rollouts, {args.select_workers} workers)")
+    wins = {}
+    bar = tqdm(total=len(jobs), desc="skill selection", unit="trial", disable=args.no_tqdm)
+
+    def progress(res):
+        i, step, _, ok, _ = res
+        w = wins.setdefault((i, step), [0, 0])
+        w[0], w[1] = w[0] + int(ok), w[1] + 1
+        bar.update(1)
+
+    skill_trials(args.task, ckpt_path, cand_path, jobs, workers=args.select_workers, device=args.device,
+                 progress=progress)
+    bar.close()
+    selection = []
+    for i, snaps in enumerate(snapshots):
+        best_val = losses[names[i]]["skill"].get("best_step")
+        rows = [{"step": int(step), "successes": wins[(i, step)][0], "trials": wins[(i, step)][1],
+                 "val_action_mse": losses[names[i]]["skill"]["val_metrics"][
+                     losses[names[i]]["skill"]["step"].index(step)]["action_mse"],
+                 "best_validation": step == best_val} for step in snaps]
+        chosen = max(rows, key=lambda r: (r["successes"], r["best_validation"], r["step"]))
+        stages[i]["skill"] = snapshots[i][chosen["step"]]
+        selection.append({"stage": names[i], "chosen_step": chosen["step"], "candidates": rows})
+        print(f"[{names[i]} skill] " + ", ".join(
+            f"{'*' if r is chosen else ''}{r['step']}: {r['successes']}/{r['trials']}" for r in rows))
+    md = ["| stage | " + " | ".join(f"snapshot {k + 1}" for k in range(max(len(s) for s in snapshots))) + " | chosen |",
+          "|---|" + "---|" * (max(len(s) for s in snapshots) + 1)]
+    for sel in selection:
+        md.append(f"| {sel['stage']} | " + " | ".join(
+            f"{r['step']}: {r['successes']}/{r['trials']}" for r in sel["candidates"]) + f" | {sel['chosen_step']} |")
+    with open(os.path.join(out_dir, "hsp_skill_selection.md"), "w") as f:
+        f.write("Skill success from held-out demos' skill-start states, per snapshot (step: successes/trials)\n\n"
+                + "\n".join(md) + "\n")
+    write_json(os.path.join(out_dir, "hsp_skill_selection.json"), selection)
+    return selection
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -413,7 +489,7 @@ def main(argv=None) -> dict:
     for k, v in (("batch_size", args.batch_size), ("lr", args.lr), ("lr_schedule", args.lr_schedule),
                  ("hidden", args.hidden),
                  ("eval_every", args.eval_every), ("val_fraction", args.val_fraction),
-                 ("pose_modes", args.pose_modes)):
+                 ("pose_modes", args.pose_modes), ("select_trials", args.select_trials)):
         if v is not None:
             hp[k] = v
     hp["keep_best"] = not args.keep_last
@@ -502,6 +578,10 @@ def main(argv=None) -> dict:
 
     # ---- per-stage training
     losses, final = {}, {}
+    skill_snapshots = [{} for _ in range(n_stages)]  # stage -> {step: weights}, for the selection below
+    if hp["select_trials"] > 0 and n_val == 0:
+        raise SystemExit("error: --select-trials needs held-out demos to start its rollouts from; "
+                         "use --val-fraction > 0 or --select-trials 0")
     for i in range(n_stages):
         name = f"stage{i}_{data['stages'][i]['name']}"
         rows = stage_rows(data, i, int(hp["termination_after_steps"]))
@@ -534,7 +614,8 @@ def main(argv=None) -> dict:
                 steps = int(hp[f"{kind}_steps"])
             config["train"]["steps"][f"{name}/{kind}"] = steps
             h = train_net(f"{name} {kind}", kind, models[i][kind], fns[kind], tr, va, steps, hp, rng, device,
-                          data, i, frame_stack, args.no_tqdm)
+                          data, i, frame_stack, args.no_tqdm,
+                          snapshots=skill_snapshots[i] if kind == "skill" and hp["select_trials"] > 0 else None)
             h["n_train_rows"], h["n_val_rows"] = int(len(tr)), int(len(va))
             losses[name][kind] = h
             kept = h["step"].index(h["best_step"]) if "best_step" in h else -1  # the weights saved
@@ -545,6 +626,13 @@ def main(argv=None) -> dict:
     stages = [{"pose": m["pose"].state_dict(), "skill": m["skill"].state_dict(), "residual": None,
                "termination": m["termination"].state_dict(), "success_prob": None} for m in models]
     save_checkpoint(ckpt_path, args.task, args.obs, config, normalizer.state_dict(), stages)
+    if hp["select_trials"] > 0:
+        config["skill_selection"] = select_skills(args, ckpt_path, out_dir, data, val_demos, skill_snapshots,
+                                                  losses, stages, int(hp["select_trials"]))
+        for sel in config["skill_selection"]:  # report the validation metrics of the weights saved
+            h = losses[sel["stage"]]["skill"]
+            final[sel["stage"]]["skill"] = h["val_metrics"][h["step"].index(sel["chosen_step"])]
+        save_checkpoint(ckpt_path, args.task, args.obs, config, normalizer.state_dict(), stages)
     write_json(os.path.join(out_dir, "hsp_config.json"), dict(config, args=vars(args)))
     write_json(os.path.join(out_dir, "hsp_losses.json"), {"losses": losses, "final_validation": final})
     plot_losses(losses, os.path.join(out_dir, "hsp_losses.png"))

@@ -473,9 +473,24 @@ class KitEnv:
     def get_state(self) -> np.ndarray:
         return self.raw.get_flat_state()
 
-    def reset_to(self, state) -> dict:
-        """Set the sim to a flattened state (from get_state or an HDF5 `states` row)."""
+    def reset_to(self, state, gripper_commands=None) -> dict:
+        """Set the sim to a flattened state (from get_state or an HDF5 `states` row).
+
+        The sim state does not hold the gripper controller's own state: robosuite's Panda gripper
+        moves its finger command by 0.2 per step toward the sign of each gripper action
+        (`format_action`), so the same action acts differently after "open" than after "close".
+        To continue a recorded episode (not only to render it), pass the gripper commands (actions[:, 6])
+        recorded before `state`: the gripper controller is set to where they left it."""
         self.raw.set_flat_state(state)
+        # The arm controllers cache the robot's state and refresh it only when flagged (after each
+        # step): right after a reset they would compute the next delta goal from the reset pose.
+        for controller in self.raw.robots[0].composite_controller.part_controllers.values():
+            controller.update(force=True)
+        if gripper_commands is not None:
+            gripper = self.raw.robots[0].gripper["right"]
+            gripper.current_action = np.zeros(gripper.dof)  # as robosuite's reset leaves it
+            for c in np.asarray(gripper_commands, dtype=np.float64).reshape(-1):
+                gripper.format_action(np.array([c]))
         return self._obs()
 
     # -------------------------------------------------------- task facts

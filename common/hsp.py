@@ -235,6 +235,25 @@ class HSPAgent:
             r.failure = "task not successful after the last stage"
         return r
 
+    def run_skill(self, i: int, state, seed: int, gripper_commands=None) -> EpisodeResult:
+        """Stage i's skill alone, from a stored sim state (where a demo's skill began; pass the
+        demo's gripper commands before it, see KitEnv.reset_to), with this agent's skill action and
+        termination; `success`: T_i(s) held when the skill ended. 02_train_hsp.py chooses among
+        skill snapshots with it (`skill_trials`)."""
+        self.rng = np.random.default_rng(seed)
+        self.result = r = EpisodeResult(seed=int(seed), stages_attempted=i + 1)
+        self.obs = self.env.reset_to(state, gripper_commands)
+        if self.history is not None:
+            self.history.reset(self.obs)
+        self.pose_offset = None
+        try:
+            self._skill(i)
+        except _EpisodeOver:
+            r.failure = f"stage {i}: evaluation horizon ({self.env.horizon} steps) reached"
+            r.stage_success.append(False)
+        r.success = bool(r.stage_success and r.stage_success[-1])
+        return r
+
     def begin_episode(self, seed: int) -> EpisodeResult:
         """Seeded reset: env, observation history, noise generator, I^Priv's source demo, gripper."""
         self.rng = np.random.default_rng(seed)
@@ -324,6 +343,61 @@ class HSPAgent:
         r.skill_steps.append(n)
         r.stage_success.append(bool(self.raw.stage_done()[i]))
         return True
+
+
+# ------------------------------------------------------------------------------------------ skill trials
+# Choosing a skill snapshot by rollouts (02_train_hsp.py --select-trials): each trial restores a
+# held-out demo's sim state at the start of stage i's skill, loads one snapshot's weights into
+# π_θi and runs the skill to termination. Workers are spawned processes (a fork of a process that
+# has trained with several OpenMP threads can hang), each building its env and networks once.
+_TRIALS: dict = {}
+
+
+def _skill_trials_init(task: str, ckpt_path: str, candidates_path: str, device: str):
+    from .env import make_env
+    from .hsp_checkpoint import load_hsp_models
+    torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
+    ck, models = load_hsp_models(ckpt_path, task, device=device)
+    env = make_env(task, obs_mode=ck["obs_mode"])
+    env.reset(seed=0)  # robosuite steps only after a reset; every trial then restores its state
+    agent = HSPAgent(env, models, ck["config"], None, AgentOptions(termination="oracle"), device=device)
+    _TRIALS.update(agent=agent, candidates=torch.load(candidates_path, weights_only=True)["stages"], loaded={})
+
+
+def _skill_trial(job: tuple) -> tuple:
+    """job = (stage, snapshot step, sim state, gripper commands before it, seed)
+    -> (stage, step, seed, success, skill steps)."""
+    i, step, state, grip, seed = job
+    agent = _TRIALS["agent"]
+    if _TRIALS["loaded"].get(i) != step:
+        agent.models[i]["skill"].load_state_dict(_TRIALS["candidates"][i][str(step)])
+        _TRIALS["loaded"][i] = step
+    r = agent.run_skill(i, state, seed, grip)
+    return i, step, seed, r.success, (r.skill_steps or [0])[-1]
+
+
+def skill_trials(task: str, ckpt_path: str, candidates_path: str, jobs: list, workers: int = 1,
+                 device: str = "cpu", progress=None) -> list:
+    """Run `jobs` (see _skill_trial) over `workers` processes; results in completion order."""
+    out = []
+    if workers <= 1:
+        _skill_trials_init(task, ckpt_path, candidates_path, device)
+        try:
+            for job in jobs:
+                out.append(_skill_trial(job))
+                if progress is not None:
+                    progress(out[-1])
+        finally:
+            _TRIALS.pop("agent").env.close()
+        return out
+    import multiprocessing as mp
+    with mp.get_context("spawn").Pool(workers, initializer=_skill_trials_init,
+                                      initargs=(task, ckpt_path, candidates_path, device)) as pool:
+        for res in pool.imap_unordered(_skill_trial, jobs, chunksize=2):
+            out.append(res)
+            if progress is not None:
+                progress(res)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ statistics

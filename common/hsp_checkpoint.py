@@ -51,12 +51,16 @@ def save_checkpoint(path: str, task: str | dict, obs_mode: str | None = None, co
     `load_checkpoint` and extended), or the parts as arguments.
     """
     ck = task if isinstance(task, dict) else make_checkpoint(task, obs_mode, config, obs_normalizer, stages, **extra)
-    ck = _cpu(ck)
+    return atomic_torch_save(_cpu(ck), path)
+
+
+def atomic_torch_save(obj, path: str) -> str:
+    """torch.save to a temporary file in the same folder, then rename: a crash leaves the old file."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        torch.save(ck, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -40,6 +40,9 @@ HSP = dict(
     frame_stack=dict(state=1, image=DRQV2["frame_stack"]), feature_dim=DRQV2["feature_dim"],
     shift_pad=DRQV2["shift_pad"],
     val_fraction=0.1,  # demos held out for validation losses
+    # Skill snapshots chosen by rollouts from held-out demos' skill starts (02 select_skills):
+    # trials per snapshot; 0 keeps each skill's best validation evaluation.
+    select_trials=50,
     eval_every=5_000,  # steps between validation evaluations
     termination_after_steps=10,  # steps after a stage ends still used to train T_θi (positives)
     termination_pos_weight="balanced",  # BCE positive-class weight: "balanced" (#neg/#pos) or a float
@@ -81,7 +84,7 @@ PRESETS = {
         drqv2=dict(DRQV2, batch_size=64, num_seed_frames=500, hidden_dim=256, num_train_frames=5_000),
         # smaller nets and far fewer steps; lr 1e-3 so that a few hundred steps learn something
         hsp=dict(HSP, hidden=[256, 256], lr=1e-3, batch_size=64, skill_steps=2000, pose_steps=1000,
-                 termination_steps=1000, eval_every=200),
+                 termination_steps=1000, eval_every=200, select_trials=0),
     ),
 }
 

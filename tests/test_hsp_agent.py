@@ -275,3 +275,53 @@ def test_evaluate_refuses_other_task_or_obs_mode(trained, tmp_path):
     with pytest.raises(D.DataError):
         evaluate.main(["--task", TASK, "--ckpt", ckpt, "--source", str(tmp_path / "missing.hdf5"),
                        "--rollouts", "1", "--out", str(tmp_path)])
+
+
+def test_skill_from_a_stored_state_replays_the_demo_and_fails_standing_still(setup, dataset):
+    """HSPAgent.run_skill (02's snapshot selection) restores a generated demo's sim state where a
+    stage's skill began: the demo's own recorded actions from there must finish the stage, and a
+    skill that holds still must not (the stage is not done at its start)."""
+    env = setup[0]
+    with D.open_dataset(dataset, TASK) as f:
+        g = f["data"][D.demo_keys(f)[0]]
+        bounds, states, actions = g["skill_bounds"][()], g["states"][()], g["actions"][()]
+    for i in range(len(env.stages)):
+        a, b = (int(x) for x in bounds[i])
+
+        def replay(agent, _i, a=a, b=b):
+            t = min(a + agent.result.steps, b - 1)
+            return actions[t]
+
+        agent = HSPAgent(env, None, None, None, AgentOptions(), skill_fn=replay)
+        agent.max_skill_steps = [b - a + 20] * len(env.stages)
+        r = agent.run_skill(i, states[a], seed=0, gripper_commands=actions[:a, 6])
+        assert r.success and r.stage_success == [True], (i, r.failure)
+        assert r.skill_steps[0] <= b - a + 2  # terminates where the demo's stage ended
+        hold = HSPAgent(env, None, None, None, AgentOptions(), skill_fn=lambda ag, _i: np.r_[np.zeros(6), -1.0])
+        hold.max_skill_steps = [10] * len(env.stages)
+        r = hold.run_skill(i, states[a], seed=0, gripper_commands=actions[:a, 6])
+        assert not r.success and r.failure.startswith(f"stage {i}: skill did not terminate")
+
+
+def test_skill_selection_saves_the_snapshot_with_most_successes(dataset, tmp_path):
+    """02 --select-trials: every stage's snapshots (the evaluations of the second half of training)
+    each run the same trials; the checkpoint's skill is the one with the most successes."""
+    train = load_script("train_hsp", "02_train_hsp.py")
+    out = tmp_path / "sel"
+    train.main(["--task", TASK, "--data", dataset, "--out", str(out), "--steps", "40", "--eval-every", "10",
+                "--batch-size", "16", "--hidden", "32", "32", "--select-trials", "2", "--no-tqdm"])
+    d = out / TASK
+    sel = json.load(open(d / "hsp_skill_selection.json"))
+    snaps = torch.load(d / "hsp_skill_snapshots.pt", weights_only=True)["stages"]
+    ck = torch.load(d / "hsp.pt", weights_only=True)
+    assert ck["config"]["skill_selection"] == sel and len(sel) == len(ck["stages"]) == 2
+    for i, s in enumerate(sel):
+        steps = [c["step"] for c in s["candidates"]]
+        assert steps == [20, 30, 40] and all(c["trials"] == 2 for c in s["candidates"])
+        best = max(c["successes"] for c in s["candidates"])
+        chosen = next(c for c in s["candidates"] if c["step"] == s["chosen_step"])
+        assert chosen["successes"] == best
+        saved = ck["stages"][i]["skill"]
+        assert all(torch.equal(saved[k], v) for k, v in snaps[i][str(s["chosen_step"])].items())
+        other = [k for k in steps if k != s["chosen_step"]][0]
+        assert not all(torch.equal(saved[k], v) for k, v in snaps[i][str(other)].items())
