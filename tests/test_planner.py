@@ -436,3 +436,36 @@ def test_connect_fallback_is_opt_in(wall_env):
     finally:
         pl.close()
         del env._kit_planner
+
+
+def test_follower_stops_when_the_hand_is_blocked(threading_env):
+    """A path whose last waypoint lies under the table top: the hand stops on the table, and the
+    follower ends with STALLED soon after, instead of pushing until its step limit (the
+    ThreePiece connects that ran 200+ steps into joint 7's limit)."""
+    from common.planner import STALLED, PathFollower
+    env = threading_env
+    env.reset(seed=3)
+    eef = env.eef_pose()
+    table_z = env.raw.table_offset[2]
+    goal = P.make_pose([eef[0, 3], eef[1, 3], table_z - 0.05], eef[:3, :3])
+    wps = np.stack([P.make_pose(eef[:3, 3] + f * (goal[:3, 3] - eef[:3, 3]), eef[:3, :3])
+                    for f in np.linspace(0.0, 1.0, 20)])
+    plan = PlanResult(True, target=goal, waypoints=wps, mode="linear")
+    f = PathFollower(plan, GRIPPER_OPEN, max_steps=400)
+    while (a := f.step(env)) is not None:
+        env.step(a)
+    assert f.result.reason == STALLED and not f.result.success
+    assert f.result.steps < 200  # well before max_steps
+    assert f.result.pos_err > 0.03  # it really was blocked, not converging slowly
+    assert env.eef_pose()[2, 3] > table_z  # the table held the hand
+    # a reachable path still ends in success, stall detection notwithstanding
+    env.reset(seed=3)
+    eef = env.eef_pose()
+    up = P.make_pose(eef[:3, 3] + [0.05, 0.05, 0.05], eef[:3, :3])
+    plan = PlanResult(True, target=up, waypoints=np.stack([eef, up]), mode="linear")
+    pl = Planner(env, mode="linear")
+    try:
+        ex = pl.execute(env, plan, GRIPPER_OPEN)
+    finally:
+        pl.close()
+    assert ex.success, ex
