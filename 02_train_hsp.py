@@ -82,6 +82,12 @@ def parse_args(argv=None):
     p.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"],
                    help="learning rate over each network's steps: constant (robomimic) or cosine decay to 0")
     p.add_argument("--hidden", type=int, nargs="+", default=None, help="MLP hidden sizes, e.g. 1024 1024")
+    p.add_argument("--skill-net", default=None, choices=["mlp", "rnn"],
+                   help="skill policy: robomimic BC-GMM (mlp, hidden sizes --hidden) or BC-RNN-GMM (rnn: "
+                        "LSTM --rnn-hidden x 2 layers over sequences of --rnn-horizon steps, GMM head on it)")
+    p.add_argument("--rnn-hidden", type=int, default=None, help="LSTM width of --skill-net rnn (robomimic: 400)")
+    p.add_argument("--rnn-horizon", type=int, default=None,
+                   help="training sequence length of --skill-net rnn; deployment resets the LSTM state this often")
     p.add_argument("--pose-modes", type=int, default=None,
                    help="hypotheses of the initiation pose head (1 = plain regression; see nets.PoseNet)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between validation evaluations")
@@ -233,6 +239,18 @@ def gripper_values(commands: np.ndarray, max_values: int = 5) -> list[float] | N
     return [float(v) for v in values] if len(values) <= max_values else None
 
 
+def skill_net_config(hp: dict) -> dict:
+    """π_θi's network config: robomimic BC-GMM (MLP `hidden`) or BC-RNN-GMM (robomimic's BC-RNN:
+    an LSTM of `rnn_hidden` x `rnn_layers`, no MLP after it, sequences of `rnn_horizon` steps)."""
+    c = {"gmm_modes": int(hp["gmm_modes"]), "gmm_min_std": float(hp["gmm_min_std"])}
+    if hp["skill_net"] == "rnn":
+        return dict(c, hidden=list(hp["rnn_mlp"]), rnn_hidden=int(hp["rnn_hidden"]), rnn_layers=int(hp["rnn_layers"]),
+                    rnn_horizon=int(hp["rnn_horizon"]))
+    if hp["skill_net"] != "mlp":
+        raise ValueError(f"skill_net {hp['skill_net']!r}: choose mlp or rnn")
+    return dict(c, hidden=list(hp["hidden"]))
+
+
 def connect_gripper(data: dict, i: int) -> float | None:
     """The most common gripper command on stage i's connect rows (None if the data has none)."""
     rows = (data["stage"] == i) & (data["phase"] == D.PHASE_CONNECT)
@@ -249,8 +267,23 @@ def history_rows(rows: np.ndarray, ep_start: np.ndarray, frame_stack: int) -> np
 
 
 def get_obs(data: dict, rows: np.ndarray, frame_stack: int, device) -> dict:
-    h = history_rows(rows, data["ep_start"], frame_stack)
+    """{key: (*rows.shape, F, ...)}: each row's observation with its history of F frames."""
+    h = history_rows(rows.reshape(-1), data["ep_start"], frame_stack).reshape(*rows.shape, frame_stack)
     return {k: torch.from_numpy(v[h]).to(device, non_blocking=True) for k, v in data["obs"].items()}
+
+
+def segment_end(data: dict, rows: np.ndarray) -> np.ndarray:
+    """For each of `rows` (one stage's skill rows, ascending), the last row of its demo's segment."""
+    demo = data["demo"][rows]
+    ends = np.r_[np.flatnonzero(np.diff(demo)), len(rows) - 1]  # segments are contiguous per demo
+    return rows[ends][np.searchsorted(demo[ends], demo)]
+
+
+def sequence_rows(starts: np.ndarray, seg_end: np.ndarray, length: int) -> np.ndarray:
+    """(B,) start rows -> (B, length) rows of a training sequence for BC-RNN. As robomimic's
+    SequenceDataset (pad_seq_length), a sequence that would run past its skill segment repeats
+    the segment's last step."""
+    return np.minimum(starts[:, None] + np.arange(length)[None, :], seg_end[:, None])
 
 
 def stage_rows(data: dict, i: int, after_steps: int) -> dict[str, np.ndarray]:
@@ -269,25 +302,37 @@ def stage_rows(data: dict, i: int, after_steps: int) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ losses
-def make_loss_fns(data: dict, i: int, frame_stack: int, device, pos_weight: float):
-    """loss(net, rows) -> (loss, {metric: value}) for each network kind of stage i."""
+def make_loss_fns(data: dict, i: int, frame_stack: int, device, pos_weight: float, seq_len: int = 0):
+    """loss(net, rows, metrics=False) -> (loss, {metric: value}) for each network kind of stage i.
+    seq_len > 0: the skill is a BC-RNN and each row starts a training sequence of seq_len steps.
+    metrics=True adds each kind's interpretable validation metric where it costs a forward pass."""
     init_R = torch.tensor(P.quat_to_mat(data["init_pose"][:, i, 3:7].reshape(-1, 4)), dtype=torch.float32)
     init_pos = torch.tensor(data["init_pose"][:, i, :3], dtype=torch.float32)
     actions = torch.from_numpy(data["actions"])
     done = torch.from_numpy(data["stage_done"][:, i].astype(np.float32))
+    skill_rows = np.flatnonzero((data["stage"] == i) & (data["phase"] == D.PHASE_SKILL))
+    seg_end = np.full(len(data["actions"]), -1, dtype=np.int64)
+    if len(skill_rows):
+        seg_end[skill_rows] = segment_end(data, skill_rows)
 
-    def pose(net, rows):
+    def pose(net, rows, metrics=False):
         obs = get_obs(data, rows, frame_stack, device)
         demo = data["demo"][rows]
         pos, R = init_pos[demo].to(device), init_R[demo].to(device)
         loss, l_pos, l_rot = net.loss(obs, pos, R)
         return loss, {"pos_mse": l_pos.item(), "rot_mse": l_rot.item()}
 
-    def skill(net, rows):
-        obs = get_obs(data, rows, frame_stack, device)
-        return net.loss(obs, actions[rows].to(device)), {}
+    def skill(net, rows, metrics=False):
+        if seq_len > 0:
+            rows = sequence_rows(rows, seg_end[rows], seq_len)  # (B, T)
+        obs, act = get_obs(data, rows, frame_stack, device), actions[rows].to(device)
+        loss = net.loss(obs, act)
+        if not metrics:
+            return loss, {}
+        # the deterministic action's error: a closer proxy for rollouts than the NLL (SELECT_METRIC)
+        return loss, {"action_mse": ((net.mode(obs) - act.reshape(-1, act.shape[-1])) ** 2).mean().item()}
 
-    def termination(net, rows):
+    def termination(net, rows, metrics=False):
         obs = get_obs(data, rows, frame_stack, device)
         return net.loss(obs, done[rows].to(device), pos_weight), {}
 
@@ -302,10 +347,10 @@ def val_metrics(kind: str, net, data: dict, i: int, rows: np.ndarray, frame_stac
     out, n = {}, 0
     for s in range(0, len(rows), chunk):
         r = rows[s:s + chunk]
-        loss, _ = loss_fn(net, r)
+        loss, extra = loss_fn(net, r, metrics=True)
         m = {"loss": loss.item()}
-        obs = get_obs(data, r, frame_stack, device)
         if kind == "pose":
+            obs = get_obs(data, r, frame_stack, device)
             pos, r6 = net(obs)
             R = rot6d_to_matrix(r6).cpu().double().numpy()
             tgt = data["init_pose"][data["demo"][r], i]
@@ -314,10 +359,9 @@ def val_metrics(kind: str, net, data: dict, i: int, rows: np.ndarray, frame_stac
             cos = (np.einsum("bij,bij->b", R, Rt) - 1.0) / 2.0
             m["rot_err_deg"] = float(np.degrees(np.arccos(np.clip(cos, -1, 1))).mean())
         elif kind == "skill":
-            a = net.mode(obs).cpu().numpy()
-            m["action_mse"] = float(((a - data["actions"][r]) ** 2).mean())
+            m["action_mse"] = extra["action_mse"]
         else:
-            p = net.prob(obs).cpu().numpy()
+            p = net.prob(get_obs(data, r, frame_stack, device)).cpu().numpy()
             y = data["stage_done"][r, i]
             m["accuracy"] = float(((p > 0.5) == y).mean())
         for k, v in m.items():
@@ -487,7 +531,8 @@ def main(argv=None) -> dict:
     t_start = time.time()
     hp = get_preset(args.preset)["hsp"]
     for k, v in (("batch_size", args.batch_size), ("lr", args.lr), ("lr_schedule", args.lr_schedule),
-                 ("hidden", args.hidden),
+                 ("hidden", args.hidden), ("skill_net", args.skill_net), ("rnn_hidden", args.rnn_hidden),
+                 ("rnn_horizon", args.rnn_horizon),
                  ("eval_every", args.eval_every), ("val_fraction", args.val_fraction),
                  ("pose_modes", args.pose_modes), ("select_trials", args.select_trials)):
         if v is not None:
@@ -563,8 +608,7 @@ def main(argv=None) -> dict:
                 "cameras": data["cameras"], "frame_stack": frame_stack, "feature_dim": int(hp["feature_dim"]),
                 "shift_pad": int(hp["shift_pad"]), "image_size": IMAGE_SIZE},
         "nets": {"pose": {"hidden": list(hp["hidden"]), "modes": int(hp["pose_modes"])},
-                 "skill": {"hidden": list(hp["hidden"]), "gmm_modes": int(hp["gmm_modes"]),
-                           "gmm_min_std": float(hp["gmm_min_std"])},
+                 "skill": skill_net_config(hp),
                  "termination": {"hidden": list(hp["hidden"])}},
         "train": {"preset": args.preset, "seed": args.seed, "data": os.path.abspath(args.data),
                   "n_demos": n_demos, "val_demos": [data["demo_keys"][j] for j in val_demos],
@@ -595,7 +639,8 @@ def main(argv=None) -> dict:
         if n_pos == 0:
             print(f"[{name}] warning: no positive termination labels in the training demos")
         config["train"]["pos_weight"].append(pos_weight)
-        fns = make_loss_fns(data, i, frame_stack, device, pos_weight)
+        fns = make_loss_fns(data, i, frame_stack, device, pos_weight,
+                            seq_len=config["nets"]["skill"].get("rnn_horizon", 0))
         pos = data["init_pose"][train_demos, i, :3]  # pose-net target statistics, training demos only
         models[i]["pose"].set_target_stats(pos.mean(0), np.maximum(pos.std(0), 1e-2))
         losses[name], final[name] = {}, {}

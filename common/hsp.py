@@ -329,6 +329,17 @@ class HSPAgent:
         """Alg. 1 lines 13-16: run π_θi until T (oracle or learned) says the stage is done."""
         r = self.result
         budget = int(math.ceil(self.options.skill_budget_factor * self.max_skill_steps[i]))
+        pi = self.models[i]["skill"] if self.models is not None and self.skill_fn is None else None
+        if pi is not None:
+            pi.start_rollout()  # a BC-RNN skill starts from a zero LSTM state, as its training sequences
+        try:
+            return self._skill_loop(i, budget)
+        finally:
+            if pi is not None:
+                pi.end_rollout()
+
+    def _skill_loop(self, i: int, budget: int) -> bool:
+        r = self.result
         n = 0
         while not self.terminated(i):
             if n >= budget:

@@ -10,7 +10,8 @@
   trunk per camera, their features projected to `feature_dim` (Linear + LayerNorm + tanh, the
   DrQ-v2 actor/critic trunk), concatenated with the normalized proprio history.
 - Heads: `PoseNet` (I_θi, position + 6-D rotation), `GMMPolicy` (π_θi, robomimic BC-GMM head with a
-  deterministic `mode()` action), `TerminationNet` (T_θi, one logit).
+  deterministic `mode()` action; with an LSTM before the head it is robomimic's BC-RNN-GMM),
+  `TerminationNet` (T_θi, one logit).
 
 Every network takes the *raw* observation dict (images uint8 HWC, proprio/object float) with an
 optional history axis: `obs[key]` is (B, F, ...) for a history of F frames, or (B, ...) when the
@@ -194,6 +195,15 @@ class GMMPolicy(nn.Module):
     """π_θi: robomimic BC-GMM policy. Means are tanh-squashed into [-1, 1] (robomimic's default
     `use_tanh=False` path); std = softplus + min_std; mixture over `num_modes` diagonal Gaussians.
 
+    With `rnn_hidden` > 0 in the config it is robomimic's BC-RNN-GMM, the policy MimicGen trains on
+    generated data: the encoded observation of each time step goes through an LSTM (`rnn_layers`
+    layers) before the MLP (robomimic: none) and the GMM head. Training feeds sequences of
+    `rnn_horizon` steps, each from a zero LSTM state: `obs[key]` is then (B, T, ...) with the
+    per-step history axis after T, and the outputs are per step, (B*T, ...). At deployment
+    `start_rollout()` switches to one step per call with the LSTM state carried between calls and
+    reset every `rnn_horizon` steps, as robomimic's RolloutPolicy does (so every state the policy
+    acts from is one that training saw: at most rnn_horizon - 1 steps after a zero state).
+
     `loss(obs, actions)` = mean negative log-likelihood. Three ways to act:
     - `mode(obs)`: mean of the most probable component; deterministic (a base action for residual RL).
     - `component_mean(obs, u)`: robomimic's evaluation action (`low_noise_eval`): draw the component
@@ -210,14 +220,47 @@ class GMMPolicy(nn.Module):
         self.action_dim = int(cfg["action_dim"])
         self.num_modes = int(cfg["gmm_modes"])
         self.min_std = float(cfg["gmm_min_std"])
-        self.body = mlp(self.encoder.out_dim, cfg["hidden"], None)
-        d = cfg["hidden"][-1] if cfg["hidden"] else self.encoder.out_dim
+        self.rnn_hidden = int(cfg.get("rnn_hidden") or 0)
+        self.rnn_horizon = int(cfg.get("rnn_horizon") or 1)
+        body_in = self.encoder.out_dim
+        if self.rnn_hidden:
+            self.rnn = nn.LSTM(body_in, self.rnn_hidden, int(cfg.get("rnn_layers") or 2), batch_first=True)
+            body_in = self.rnn_hidden
+        self.body = mlp(body_in, cfg["hidden"], None)
+        d = cfg["hidden"][-1] if cfg["hidden"] else body_in
         self.mean = nn.Linear(d, self.num_modes * self.action_dim)
         self.scale = nn.Linear(d, self.num_modes * self.action_dim)
         self.logits = nn.Linear(d, self.num_modes)
+        self._rollout = None  # {"state": LSTM (h, c) or None, "t": steps taken} between start/end_rollout
+
+    @property
+    def recurrent(self) -> bool:
+        return self.rnn_hidden > 0
+
+    def start_rollout(self):
+        """A new episode of deployment: each later call is one time step (recurrent policies only)."""
+        self._rollout = {"state": None, "t": 0} if self.recurrent else None
+
+    def end_rollout(self):
+        self._rollout = None
+
+    def features(self, obs: dict) -> torch.Tensor:
+        if not self.recurrent:
+            return self.body(self.encoder(obs))
+        if self._rollout is None:  # training / validation: (B, T, ...) sequences from a zero state
+            b, t = next(iter(obs.values())).shape[:2]
+            x = self.encoder({k: v.reshape(b * t, *v.shape[2:]) for k, v in obs.items()}).view(b, t, -1)
+            h, _ = self.rnn(x)
+            return self.body(h.reshape(b * t, -1))
+        r = self._rollout
+        if r["t"] % self.rnn_horizon == 0:  # robomimic RolloutPolicy: fresh state every horizon steps
+            r["state"] = None
+        h, r["state"] = self.rnn(self.encoder(obs)[:, None], r["state"])
+        r["t"] += 1
+        return self.body(h[:, 0])
 
     def params(self, obs: dict):
-        h = self.body(self.encoder(obs))
+        h = self.features(obs)
         m, a = self.num_modes, self.action_dim
         means = torch.tanh(self.mean(h).view(-1, m, a))
         stds = F.softplus(self.scale(h).view(-1, m, a)) + self.min_std
@@ -229,7 +272,8 @@ class GMMPolicy(nn.Module):
         return Dist.MixtureSameFamily(Dist.Categorical(logits=logits), comp)
 
     def loss(self, obs: dict, actions: torch.Tensor) -> torch.Tensor:
-        return -self.dist(obs).log_prob(actions).mean()
+        """Actions (B, 7), or (B, T, 7) for a recurrent policy's sequences."""
+        return -self.dist(obs).log_prob(actions.reshape(-1, self.action_dim)).mean()
 
     def mode(self, obs: dict) -> torch.Tensor:
         means, _, logits = self.params(obs)

@@ -33,6 +33,10 @@ DRQV2 = dict(
 HSP = dict(
     hidden=[1024, 1024], gmm_modes=5, gmm_min_std=1e-4, lr=1e-4, lr_schedule="constant", weight_decay=0.0,
     batch_size=100,
+    # Skill network: "mlp" (BC-GMM, `hidden`) or "rnn" (robomimic BC-RNN-GMM, the policy MimicGen
+    # trains: LSTM 400 x 2 over sequences of 10 steps, no MLP after it, hidden state reset every
+    # 10 steps at deployment).
+    skill_net="mlp", rnn_hidden=400, rnn_layers=2, rnn_horizon=10, rnn_mlp=[],
     # Initiation pose hypotheses (nets.PoseNet). 1 = plain regression, which measured better than
     # winner-takes-all over 5 on Threading (HSP 16 % with 5, see README); kept as an option.
     pose_modes=1,
