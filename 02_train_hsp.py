@@ -5,12 +5,16 @@ From data/<task>/generated.hdf5 (01_generate.py), for every stage i of the task:
 - initiation pose predictor I_θi: observation -> end-effector pose (position + 6-D rotation), trained
   on the *connect-phase* observations of stage i, each labeled with the stage's initiation pose
   (the pose at its first skill step), so that it can be queried at every connect step to replan;
-- skill policy π_θi: observation -> action, a robomimic-style GMM policy trained on the skill-phase
-  steps of stage i; its deterministic action (`mode()`) is the base action for residual RL;
+- skill policy π_θi: observation -> action, a robomimic GMM policy trained on the skill-phase
+  steps of stage i; its deterministic action (`mode()`) is the base action for residual RL. With
+  `--skill-net rnn` (the state-mode default) it is robomimic's BC-RNN-GMM, which MimicGen trains on
+  generated data: an LSTM over training sequences of `rnn_horizon` steps cut from the skill
+  segments (padded at the segment's end, robomimic's SequenceDataset), its state reset every
+  `rnn_horizon` steps at deployment; `--skill-net mlp` is BC-GMM on one (frame-stacked) step;
 - termination classifier T_θi: observation -> P(stage i done), binary cross-entropy (Eq. 3) on the
   ground-truth `stage_done[:, i]` labels of stage i's skill steps and the few steps after it.
 
-`--obs state`: proprio + object poses (privileged, HSP-Priv) through an MLP. `--obs image`: the
+`--obs state`: proprio + object poses (privileged, HSP-Priv). `--obs image`: the
 task's cameras (DrQ-v2 conv trunk each, random-shift augmentation) + proprio, with a history of 3
 frames; the data file must have camera observations (`01_generate.py --images`, or rendered
 afterwards from the stored states with `01_generate.py --images-from data/<task>/generated.hdf5`,
@@ -83,9 +87,11 @@ def parse_args(argv=None):
                    help="learning rate over each network's steps: constant (robomimic) or cosine decay to 0")
     p.add_argument("--hidden", type=int, nargs="+", default=None, help="MLP hidden sizes, e.g. 1024 1024")
     p.add_argument("--skill-net", default=None, choices=["mlp", "rnn"],
-                   help="skill policy: robomimic BC-GMM (mlp, hidden sizes --hidden) or BC-RNN-GMM (rnn: "
-                        "LSTM --rnn-hidden x 2 layers over sequences of --rnn-horizon steps, GMM head on it)")
-    p.add_argument("--rnn-hidden", type=int, default=None, help="LSTM width of --skill-net rnn (robomimic: 400)")
+                   help="skill policy: robomimic BC-RNN-GMM (rnn: LSTM --rnn-hidden x 2 layers over sequences of "
+                        "--rnn-horizon steps, GMM head on it; the default for --obs state) or BC-GMM (mlp, "
+                        "hidden sizes --hidden, on a frame-stacked history; the default for --obs image)")
+    p.add_argument("--rnn-hidden", type=int, default=None,
+                   help="LSTM width of --skill-net rnn (paper preset: robomimic's 400; quick: 128)")
     p.add_argument("--rnn-horizon", type=int, default=None,
                    help="training sequence length of --skill-net rnn; deployment resets the LSTM state this often")
     p.add_argument("--pose-modes", type=int, default=None,
@@ -538,6 +544,8 @@ def main(argv=None) -> dict:
         if v is not None:
             hp[k] = v
     hp["keep_best"] = not args.keep_last
+    if isinstance(hp["skill_net"], dict):  # the preset's choice for this obs mode
+        hp["skill_net"] = hp["skill_net"][args.obs]
     if args.threads:
         torch.set_num_threads(args.threads)
     random.seed(args.seed)

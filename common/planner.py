@@ -63,6 +63,7 @@ STALLED = "stalled"
 # ThreePiece HSP-Priv rollouts such connects ran 200-260 steps to their timeout and every one of
 # those episodes failed, 9 of 100 at the evaluation horizon). It stops instead of waiting.
 STALL_STEPS, STALL_POS, STALL_ROT = 25, 5e-4, math.radians(0.3)
+POSTURE_RECOVERY_STEPS = 60  # steps a stalled connect gets after its OSC posture target became the plan's goal
 # shortcutting: interpolate the path to this many states, try this many shortcuts per batch, stop
 # after this many batches without gain
 SIMPLIFY_POINTS, SIMPLIFY_BATCH, SIMPLIFY_IDLE, SIMPLIFY_MAX_BATCHES = 30, 6, 3, 12
@@ -92,6 +93,21 @@ GRIPPER_HOLD = 0.0  # robosuite grippers integrate the command's sign: 0 keeps t
 
 def _raw(env):
     return getattr(env, "raw", env)
+
+
+def set_arm_posture(env, q=None):
+    """Set the arm OSC's nullspace posture target to joint configuration `q` (None: back to the
+    one robosuite set at reset). robosuite's OSC pulls the arm's redundant degree of freedom toward
+    this posture (joint kp 10, `nullspace_torques`); by default it is the reset configuration."""
+    ctrl = _raw(env).robots[0].composite_controller.part_controllers["right"]
+    if q is None:
+        if hasattr(ctrl, "_kit_default_posture"):
+            ctrl.initial_joint = ctrl._kit_default_posture
+            del ctrl._kit_default_posture
+        return
+    if not hasattr(ctrl, "_kit_default_posture"):  # robosuite builds new controllers at every reset
+        ctrl._kit_default_posture = np.array(ctrl.initial_joint, dtype=np.float64)
+    ctrl.initial_joint = np.asarray(q, dtype=np.float64).copy()
 
 
 def _rpy_xyz(rpy, xyz) -> np.ndarray:
@@ -1245,10 +1261,18 @@ class PathFollower:
         self.i, self.steps, self.result = 0, 0, None
         self.retreat_end = getattr(plan, "retreat_end", None)
         self.best_i, self.best, self.best_step = -1, (math.inf, math.inf), 0  # stall detection
+        self.goal_q = getattr(plan, "goal_q", None)
+        self.posture_recovery = False  # the OSC posture target was moved to goal_q after a stall
 
     @property
     def done(self) -> bool:
         return self.result is not None
+
+    def _finish(self, env, result: ExecResult):
+        self.result = result
+        if self.posture_recovery:  # the skill that follows acts with robosuite's posture, as in the data
+            set_arm_posture(env, None)
+        return None
 
     def errors(self, eef):
         return (float(np.linalg.norm(eef[:3, 3] - self.target[:3, 3])),
@@ -1261,11 +1285,9 @@ class PathFollower:
         pe, re = self.errors(eef)
         last = len(self.wps) - 1
         if self.i >= last and pe < self.pos_tol and re < self.rot_tol:
-            self.result = ExecResult(True, "", self.steps, pe, re)
-            return None
+            return self._finish(env, ExecResult(True, "", self.steps, pe, re))
         if self.steps >= self.max_steps:
-            self.result = ExecResult(False, TIMEOUT, self.steps, pe, re)
-            return None
+            return self._finish(env, ExecResult(False, TIMEOUT, self.steps, pe, re))
         if self.retreat_end is not None:
             k = self.retreat_end
             if np.linalg.norm(self.wps[k][:3, 3] - eef[:3, 3]) < RETREAT_TOL:
@@ -1290,7 +1312,14 @@ class PathFollower:
         self.best = d if self.i != self.best_i else (min(self.best[0], d[0]), min(self.best[1], d[1]))
         self.best_i = self.i
         if self.steps - self.best_step >= STALL_STEPS:
-            self.result = ExecResult(False, STALLED, self.steps, pe, re)
-            return None
+            if self.goal_q is None or self.posture_recovery:
+                return self._finish(env, ExecResult(False, STALLED, self.steps, pe, re))
+            # The OSC resolves the arm's redundancy toward its reset posture, not along the planned
+            # joint path, and near a wrist-heavy goal it can turn joint 7 into its limit (NutAssembly:
+            # 2.9 rad, the plan's goal at 2.7-2.85) and stop 2-10 cm short. Pulling the redundancy
+            # toward the plan's goal configuration instead lets the other joints take the turn.
+            set_arm_posture(env, self.goal_q)
+            self.posture_recovery, self.best_step = True, self.steps
+            self.max_steps = max(self.max_steps, self.steps + POSTURE_RECOVERY_STEPS)
         self.steps += 1
         return pose_action(eef, self.wps[self.i], self.gripper, max_pos=self.speed, max_rot=self.speed)

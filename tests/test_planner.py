@@ -469,3 +469,38 @@ def test_follower_stops_when_the_hand_is_blocked(threading_env):
     finally:
         pl.close()
     assert ex.success, ex
+
+
+def test_stalled_connect_recovers_by_pulling_the_arm_posture_to_the_plan_goal():
+    """An HSP-Priv NutAssembly grasp pose whose goal configuration has joint 7 at 2.85 (limit 2.9):
+    tracking it with OSC alone turns joint 7 into its limit and stalls 2.5 cm short (a quarter of
+    the HSP-Priv rollouts did this). Once stalled, the follower moves the OSC's nullspace posture
+    target to the plan's goal configuration and reaches the pose; the posture is restored after."""
+    from dataclasses import replace
+
+    from common.planner import STALLED, PathFollower
+    env = make_env("NutAssembly_D2", seed=0)
+    planner = Planner(env, seed=0)
+    try:
+        env.reset(seed=4)
+        plan = planner.plan(env, planner.fk(np.array([0.71, 0.58, -0.3, -2.28, 0.52, 2.8, 2.85])))
+        assert plan.success and plan.goal_q[6] > 2.6
+
+        def track(p):
+            f = PathFollower(p, GRIPPER_OPEN)
+            while (a := f.step(env)) is not None:
+                env.step(a)
+            return f
+
+        without = track(replace(plan, goal_q=None))  # no goal configuration: no recovery possible
+        q7 = env.raw.sim.data.qpos[env.raw.robots[0]._ref_joint_pos_indexes][6]
+        assert without.result.reason == STALLED and without.result.pos_err > 0.01 and q7 > 2.85
+        env.reset(seed=4)
+        controller = env.raw.robots[0].composite_controller.part_controllers["right"]
+        default = controller.initial_joint.copy()
+        f = track(plan)
+        assert f.posture_recovery and f.result.success and f.result.pos_err < 0.005, f.result
+        np.testing.assert_array_equal(controller.initial_joint, default)
+    finally:
+        planner.close()
+        env.close()
