@@ -300,9 +300,8 @@ def stage_rows(data: dict, i: int, after_steps: int) -> dict[str, np.ndarray]:
     # termination: the stage's skill steps plus up to `after_steps` steps after the stage ends (same
     # episode), where T_i(s) normally holds: the classifier sees both sides of the boundary.
     term = [skill]
-    for d in np.unique(data["demo"][skill]):
-        last = skill[data["demo"][skill] == d].max()
-        ep_rows = np.flatnonzero(data["demo"] == d)
+    for last in (np.unique(segment_end(data, skill)) if len(skill) else []):
+        ep_rows = np.flatnonzero(data["demo"] == data["demo"][last])
         term.append(np.arange(last + 1, min(last + 1 + after_steps, ep_rows.max() + 1)))
     return {"pose": pose, "skill": skill, "termination": np.unique(np.concatenate(term))}
 
@@ -316,9 +315,9 @@ def make_loss_fns(data: dict, i: int, frame_stack: int, device, pos_weight: floa
     init_pos = torch.tensor(data["init_pose"][:, i, :3], dtype=torch.float32)
     actions = torch.from_numpy(data["actions"])
     done = torch.from_numpy(data["stage_done"][:, i].astype(np.float32))
+    seg_end = np.full(len(data["actions"]), -1, dtype=np.int64)  # BC-RNN: where each skill row's segment ends
     skill_rows = np.flatnonzero((data["stage"] == i) & (data["phase"] == D.PHASE_SKILL))
-    seg_end = np.full(len(data["actions"]), -1, dtype=np.int64)
-    if len(skill_rows):
+    if seq_len > 0 and len(skill_rows):
         seg_end[skill_rows] = segment_end(data, skill_rows)
 
     def pose(net, rows, metrics=False):

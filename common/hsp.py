@@ -327,7 +327,6 @@ class HSPAgent:
 
     def _skill(self, i: int) -> bool:
         """Alg. 1 lines 13-16: run π_θi until T (oracle or learned) says the stage is done."""
-        r = self.result
         budget = int(math.ceil(self.options.skill_budget_factor * self.max_skill_steps[i]))
         pi = self.models[i]["skill"] if self.models is not None and self.skill_fn is None else None
         if pi is not None:
