@@ -229,13 +229,7 @@ def fold_grasp_symmetry(init_pose: np.ndarray, ref_pose: np.ndarray, period: flo
     turn = best > 0
     out = np.array(init_pose, dtype=np.float64, copy=True)
     for j in np.flatnonzero(turn):
-        Rz = turns[best[j]]
-        if about == "grip":  # T_eef Rz: the gripper turned about its own approach axis
-            out[j, 3:7] = P.mat_to_quat(T[j, :3, :3] @ Rz)
-        else:  # T_ref Rz T_ref^-1 T_eef: the whole pose turned about the reference's vertical axis
-            M = np.eye(4)
-            M[:3, :3] = Rz
-            out[j] = P.mat_to_pose7(ref_pose[j] @ M @ np.linalg.inv(ref_pose[j]) @ T[j])
+        out[j] = P.mat_to_pose7(P.symmetry_twin(T[j], best[j] * 2 * np.pi / n_twins, about, ref_pose[j]))
     return out, turn
 
 
@@ -578,15 +572,13 @@ def main(argv=None) -> dict:
     # Grasp stages (the gripper arrives empty), and placements into a symmetric target: one mode
     # per initiation pose, see fold_grasp_symmetry.
     folded = {}
+    task_cls = common.TASKS[args.task]
+    symmetry = [task_cls.pose_symmetry(i, bool(data["init_gripper_open"][:, i].all())) for i in range(n_stages)]
     if args.grasp_symmetry == "fold":
-        task_cls = common.TASKS[args.task]
         for i in range(n_stages):
-            if data["init_gripper_open"][:, i].all():
-                period, about = task_cls.grasp_yaw_period.get(i, np.pi), "grip"
-            elif i in task_cls.place_yaw_period:
-                period, about = task_cls.place_yaw_period[i], "reference"
-            else:
+            if symmetry[i] is None:
                 continue
+            period, about = symmetry[i]
             data["init_pose"][:, i], turned = fold_grasp_symmetry(data["init_pose"][:, i],
                                                                   data["init_ref_pose"][:, i], period, about=about)
             folded[data["stages"][i]["name"]] = int(turned.sum())
@@ -610,6 +602,10 @@ def main(argv=None) -> dict:
         # closes the fingers on the way to the drawer handle although the lid skill ended open;
         # deployment connects the same way
         "connect_gripper": [connect_gripper(data, i) for i in range(n_stages)],
+        # (period, about) of each stage's initiation-pose symmetry the labels were folded by, or
+        # None: when I_θi's pose has no IK solution or path, the agent tries its twins
+        "pose_symmetry": [list(symmetry[i]) if symmetry[i] is not None and data["stages"][i]["name"] in folded
+                          else None for i in range(n_stages)],
         "obs": {"obs_mode": args.obs, "low_dim_keys": data["low_dim_keys"],
                 "low_dim_sizes": {k: int(data["obs"][k].shape[1]) for k in data["low_dim_keys"]},
                 "cameras": data["cameras"], "frame_stack": frame_stack, "feature_dim": int(hp["feature_dim"]),

@@ -166,6 +166,18 @@ class KitTask(ManipulationEnv):
     placement: dict = {}
     composite_sampler = SequentialCompositeSampler  # a task may add rejection rules in a subclass
 
+    @classmethod
+    def pose_symmetry(cls, stage: int, arrives_empty: bool):
+        """(period, about) of stage `stage`'s initiation-pose symmetry, or None: a grasp (the
+        gripper arrives empty) repeats about the gripper's approach axis every π (or the task's
+        `grasp_yaw_period`), a placement in `place_yaw_period` about the reference's vertical axis.
+        02_train_hsp.py folds the labels by it; the agent tries the twins when a pose is unreachable."""
+        if arrives_empty:
+            return float(cls.grasp_yaw_period.get(stage, np.pi)), "grip"
+        if stage in cls.place_yaw_period:
+            return float(cls.place_yaw_period[stage]), "reference"
+        return None
+
     def __init__(self, robots="Panda", controller_configs=None, fast_render=True, camera_names="agentview",
                  camera_heights=IMAGE_SIZE, camera_widths=IMAGE_SIZE, use_camera_obs=False,
                  has_offscreen_renderer=False, has_renderer=False, control_freq=CONTROL_FREQ,

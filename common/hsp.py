@@ -90,6 +90,20 @@ def variant_options(name: str, **overrides) -> AgentOptions:
     return replace(VARIANTS[name], **overrides)
 
 
+def stage_pose_symmetry(config: dict | None, task_cls, n_stages: int) -> list:
+    """Per stage, the (period, about) symmetry that 02_train_hsp.py folded the initiation-pose
+    labels by, or None. Checkpoints before 2026-12-02 do not store it: they list the folded stages'
+    names (train.poses_turned), and only placements were folded about the reference."""
+    if not config:
+        return [None] * n_stages
+    if "pose_symmetry" in config:
+        return [tuple(x) if x is not None else None for x in config["pose_symmetry"]]
+    folded = config.get("train", {}).get("poses_turned") or {}
+    names = config.get("stage_names") or []
+    return [task_cls.pose_symmetry(i, arrives_empty=i not in task_cls.place_yaw_period)
+            if i < len(names) and names[i] in folded else None for i in range(n_stages)]
+
+
 # ------------------------------------------------------------------------------------------ results
 @dataclass
 class EpisodeResult:
@@ -103,6 +117,7 @@ class EpisodeResult:
     planner_failures: int = 0
     connect_timeouts: int = 0
     teacher_fallbacks: int = 0  # I^Priv switched to another source demo whose pose was reachable
+    pose_twins: int = 0  # I_θi's pose was unreachable and its symmetry twin was taken (pose_symmetry)
     steps: int = 0
     failure: str | None = None  # why the episode ended unsuccessfully
 
@@ -141,6 +156,8 @@ class HSPAgent:
         self.gripper_values = np.asarray(values, dtype=np.float64) if values else None
         self.connect_gripper = (config or {}).get("connect_gripper") or [None] * self.n_stages
         self.skill_fn = skill_fn  # optional override: fn(agent, stage, obs_batch) -> action (tests, residual RL)
+        self.pose_symmetry = stage_pose_symmetry(config, type(self.raw), self.n_stages)
+        self.pose_turn = 0.0  # the symmetry turn applied to this stage's learned poses (see _connect)
         self.obs = None
 
     # ---------------------------------------------------------------- the three per-stage queries
@@ -158,6 +175,10 @@ class HSPAgent:
     def predict_pose(self, i: int) -> np.ndarray:
         """The initiation pose of stage i as pose7 (pos + quat xyzw), noise included."""
         p = self.privileged_pose(i) if self.options.pose == "privileged" else self.learned_pose(i)
+        if self.pose_turn:  # the stage runs on a symmetry twin of I_θi's pose (see _connect)
+            period, about = self.pose_symmetry[i]
+            ref = self.raw.object_pose(self.env.stages[i].reference_object) if about == "reference" else None
+            p = P.mat_to_pose7(P.symmetry_twin(P.pose7_to_mat(p), self.pose_turn, about, ref))
         if self.pose_offset is not None:  # App. E-A, one draw per stage so replanning is not fooled
             p = P.apply_pose_offset(p, self.pose_offset)
         return p
@@ -274,6 +295,7 @@ class HSPAgent:
         self.result.stages_attempted = i + 1
         noisy = opt.pose_noise > 0 and (opt.pose_noise_stages is None or i in opt.pose_noise_stages)
         self.pose_offset = self.rng.normal(0.0, opt.pose_noise, 6) if noisy else None  # App. E-A
+        self.pose_turn = 0.0
 
     def _connect(self, i: int) -> bool:
         """Alg. 1 lines 5-12: plan to the predicted initiation pose, track it, replan on the way."""
@@ -295,6 +317,23 @@ class HSPAgent:
                     self.source_index, target = int(k), cand
                     r.teacher_fallbacks += 1
                     break
+        if not plan.success and opt.pose == "learned" and self.pose_symmetry[i] is not None:
+            # I_θi was trained on labels folded onto one grasp (or placement) of each symmetric
+            # set, and for some object yaws that one is beyond the wrist's reach while its twin
+            # (the gripper turned by π about its approach axis, a square knob's quarter turn) is
+            # not. The skill's demos contain both, so the stage runs on the twin from here on.
+            period, _ = self.pose_symmetry[i]
+            n = max(1, int(round(2 * np.pi / period)))
+            for k in sorted(range(1, n), key=lambda k: min(k, n - k)):  # smallest turns first
+                self.pose_turn = k * period
+                cand = self.predict_pose(i)
+                plan = self.planner.plan(self.env, P.pose7_to_mat(cand), held=held)
+                if plan.success:
+                    target = cand
+                    r.pose_twins += 1
+                    break
+            else:
+                self.pose_turn = 0.0
         if not plan.success:
             r.planner_failures += 1
             r.failure = f"stage {i}: plan {plan.reason}"
@@ -452,6 +491,7 @@ def summarize(results: list[dict], n_stages: int) -> dict:
         replans=int(sum(x["replans"] for x in results)),
         connect_timeouts=int(sum(x["connect_timeouts"] for x in results)),
         teacher_fallbacks=int(sum(x.get("teacher_fallbacks", 0) for x in results)),
+        pose_twins=int(sum(x.get("pose_twins", 0) for x in results)),
         failures=dict(sorted(failures.items(), key=lambda kv: -kv[1])),
         seeds=[int(x["seed"]) for x in results],
     )

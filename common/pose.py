@@ -133,6 +133,26 @@ def apply_pose_offset(pose7, eps) -> np.ndarray:
     return np.concatenate([pose7[:3] + eps[:3], mat_to_quat(R)])
 
 
+def symmetry_twin(T, angle: float, about: str = "grip", T_ref=None) -> np.ndarray:
+    """Pose T (4x4) turned by `angle` about a symmetry axis of the grasp or placement.
+
+    about="grip": about the gripper's own approach axis through the grip site (T Rz): an empty
+    parallel-jaw gripper grasps the same way turned by π, a square knob every π/2.
+    about="reference": about the vertical axis through the reference object's origin
+    (T_ref Rz T_ref^-1 T), which moves the position with it: a square hole takes a square plate
+    every π/2. Used by 02_train_hsp.py to fold labels and by the agent to try a pose's twins.
+    """
+    Rz = make_pose(np.zeros(3), axisangle_to_mat([0.0, 0.0, angle]))
+    T = np.asarray(T, dtype=np.float64)
+    if about == "grip":
+        return T @ Rz
+    if about == "reference":
+        if T_ref is None:
+            raise ValueError("about='reference' needs the reference object's pose T_ref")
+        return np.asarray(T_ref, dtype=np.float64) @ Rz @ pose_inv(T_ref) @ T
+    raise ValueError(f"about = {about!r}; choose 'grip' or 'reference'")
+
+
 def rot6d_from_mat(R) -> np.ndarray:
     """Continuous 6-D rotation representation (first two columns), Zhou et al. 2019."""
     R = np.asarray(R)

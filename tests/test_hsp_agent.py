@@ -159,6 +159,51 @@ def test_no_replanning_without_the_option(setup, monkeypatch):
     assert calls["n"] == 1 and agent.result.replans == 0  # HSP: one prediction per stage
 
 
+def test_unreachable_learned_grasp_pose_falls_back_to_its_symmetry_twin(setup, monkeypatch):
+    """Threading's needle grasp (stage 0) was folded by the gripper's half-turn: when I_θ0's pose
+    has no plan, the agent plans to the pose turned by π about the approach axis, reaches it, and
+    keeps that turn for the stage's later predictions (replanning); the next stage starts unturned."""
+    env, ck, *_ = setup
+    assert ck["config"]["pose_symmetry"][0] == [pytest.approx(np.pi), "grip"]
+    agent = agent_for(setup, pose="learned", replan=True)
+    agent.begin_episode(seed=7)
+    agent.begin_stage(0)
+    start = agent.env.raw.eef_pose()
+    base = P.mat_to_pose7(start @ P.make_pose([0.0, 0.0, -0.08], np.eye(3)))
+    monkeypatch.setattr(agent, "learned_pose", lambda i: base.copy())
+    real_plan, goals = agent.planner.plan, []
+
+    def plan_refusing_the_base_yaw(env_, goal, **kw):  # the base pose is "beyond the wrist"
+        goals.append(goal)
+        if goal[:3, 0] @ start[:3, 0] > 0:
+            return type("Failed", (), {"success": False, "reason": "no IK solution"})()
+        return real_plan(env_, goal, **kw)
+
+    monkeypatch.setattr(agent.planner, "plan", plan_refusing_the_base_yaw)
+    assert agent._connect(0)
+    twin = P.symmetry_twin(P.pose7_to_mat(base), np.pi)
+    assert len(goals) == 2 and np.allclose(goals[1], twin, atol=1e-9)
+    assert agent.result.pose_twins == 1 and agent.result.planner_failures == 0
+    reached = env.raw.eef_pose()
+    assert np.linalg.norm(reached[:3, 3] - twin[:3, 3]) < 0.01
+    assert P.rotation_angle(reached[:3, :3], twin[:3, :3]) < 0.1  # the gripper did turn by π
+    assert np.allclose(P.pose7_to_mat(agent.predict_pose(0)), twin, atol=1e-9)
+    agent.begin_stage(1)
+    assert np.allclose(agent.predict_pose(0), base)  # a new stage starts from I_θ's own pose
+
+
+def test_pose_symmetry_of_checkpoints_without_it_comes_from_the_folded_stages():
+    from common import TASKS
+    from common.hsp import stage_pose_symmetry
+    three_piece = TASKS["ThreePieceAssembly_D2"]
+    config = {"stage_names": ["grasp1", "insert1", "grasp2", "insert2"],
+              "train": {"poses_turned": {"grasp1": 10, "insert1": 274, "grasp2": 0}}}
+    got = stage_pose_symmetry(config, three_piece, 4)
+    assert got == [(np.pi, "grip"), (np.pi / 2, "reference"), (np.pi / 2, "grip"), None]
+    assert stage_pose_symmetry({"pose_symmetry": [None, [np.pi, "grip"]]}, three_piece, 2) == [None, (np.pi, "grip")]
+    assert stage_pose_symmetry(None, three_piece, 3) == [None] * 3
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_runs_an_episode(setup, variant):
     env, ck, models, planner, sources = setup

@@ -63,3 +63,22 @@ def test_pose_noise_statistics():
     rot = np.stack([P.quat_to_axisangle(q) for q in noisy[:, 3:]])
     assert np.std(rot) == pytest.approx(0.05, rel=0.05)
     np.testing.assert_allclose(P.add_pose_noise(p, 0.0, rng), p)
+
+
+def test_symmetry_twins_turn_about_the_grip_axis_or_the_reference_axis():
+    rng = np.random.default_rng(0)
+    T = P.make_pose(rng.normal(size=3), P.axisangle_to_mat(rng.normal(size=3)))
+    ref = P.make_pose(rng.normal(size=3), P.axisangle_to_mat([0.0, 0.0, 0.7]))
+    grip = P.symmetry_twin(T, np.pi)
+    assert np.allclose(grip[:3, 3], T[:3, 3])  # about the grip site: the position stays
+    assert np.allclose(grip[:3, 2], T[:3, 2]) and np.allclose(grip[:3, 0], -T[:3, 0])  # same approach, jaw flipped
+    quarter = P.symmetry_twin(T, np.pi / 2, "reference", ref)
+    rel, rel_q = P.pose_inv(ref) @ T, P.pose_inv(ref) @ quarter
+    assert np.allclose(rel_q, P.make_pose([0, 0, 0], P.axisangle_to_mat([0, 0, np.pi / 2])) @ rel)
+    assert np.isclose(np.linalg.norm(rel_q[:2, 3]), np.linalg.norm(rel[:2, 3]))  # same distance from the axis
+    back = T
+    for _ in range(4):
+        back = P.symmetry_twin(back, np.pi / 2, "reference", ref)
+    assert np.allclose(back, T)
+    with pytest.raises(ValueError, match="T_ref"):
+        P.symmetry_twin(T, np.pi, "reference")
