@@ -260,6 +260,26 @@ def connect_gripper(data: dict, i: int) -> float | None:
     return float(values[counts.argmax()])
 
 
+def post_termination_steps(data: dict, i: int) -> int:
+    """Median number of skill steps stage i's demos keep after T_i(s) first holds (0 if none).
+
+    The source demos' skill segments do not end where the stage check first holds: a grasp goes on
+    lifting, an insertion opens the fingers and backs off (NutAssembly: 21 and 11 steps). Stopping
+    the skill the moment T fires starts the next connect from states the data never shows (fingers
+    half closed, the nut still dropping down the peg), where I_θ's predictions are far off. The
+    agent finishes the skill for this many steps, as MimicGen's subtask_term_offset_range does."""
+    skill = np.flatnonzero((data["stage"] == i) & (data["phase"] == D.PHASE_SKILL))
+    if not len(skill):
+        return 0
+    tails = []
+    for last in np.unique(segment_end(data, skill)):
+        rows = skill[(skill <= last) & (data["demo"][skill] == data["demo"][last])]
+        done = data["stage_done"][rows, i].astype(bool)
+        if done.any():
+            tails.append(len(rows) - 1 - int(np.argmax(done)))  # steps after the first row where T_i holds
+    return int(np.median(tails)) if tails else 0
+
+
 def history_rows(rows: np.ndarray, ep_start: np.ndarray, frame_stack: int) -> np.ndarray:
     """(B,) rows -> (B, F) rows of the last F steps, oldest first, repeating the episode's first step."""
     offs = np.arange(frame_stack - 1, -1, -1)
@@ -602,6 +622,9 @@ def main(argv=None) -> dict:
         # closes the fingers on the way to the drawer handle although the lid skill ended open;
         # deployment connects the same way
         "connect_gripper": [connect_gripper(data, i) for i in range(n_stages)],
+        # skill steps the demos keep after T_i(s) first holds: deployment runs each skill this much
+        # longer once T fires, so the next connect starts where the data's did
+        "post_termination_steps": [post_termination_steps(data, i) for i in range(n_stages)],
         # (period, about) of each stage's initiation-pose symmetry the labels were folded by, or
         # None: when I_θi's pose has no IK solution or path, the agent tries its twins
         "pose_symmetry": [list(symmetry[i]) if symmetry[i] is not None and data["stages"][i]["name"] in folded

@@ -67,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--action-noise", type=float, default=None, help="override: σ on skill pose actions")
     p.add_argument("--skill-action", default=None, choices=["component", "mode", "sample"],
                    help="override how the GMM skill acts (default component: robomimic's low-noise eval)")
+    p.add_argument("--finish-skill", default=None, choices=["on", "off"],
+                   help="override: after T fires, run the skill for the data's post-termination steps "
+                        "(default on; off: stop the skill when T fires)")
     p.add_argument("--source-select", default=None, choices=["task", "random", "nearest"],
                    help="override I^Priv's source demo choice (default task: as 01_generate.py chose "
                         "sources for the task, random except CoffeePreparation's nearest)")
@@ -103,6 +106,8 @@ def make_jobs(args, n_stages: int) -> list[dict]:
         overrides["skill_action"] = args.skill_action
     if args.source_select is not None:
         overrides["source_select"] = args.source_select
+    if args.finish_skill is not None:
+        overrides["finish_skill"] = args.finish_skill == "on"
     configs = []  # (label, variant, options, last_stage)
     if args.experiment == "table":
         for v in args.variants:

@@ -10,7 +10,9 @@ For each stage i of the task:
 3. with replanning on, re-predict the pose at every connect step and plan again from the current
    state when the replanning distance to the current target exceeds ε = 0.05 (lines 9-12);
 4. run the skill policy π_θi until the stage terminates: the ground-truth check T_i(s) (oracle) or
-   the learned classifier T_θi(o) > 0.5 (lines 13-16). A skill that does not terminate within its
+   the learned classifier T_θi(o) > 0.5 (lines 13-16), then, as the demos did, for their median
+   number of steps after T_i(s) first held (a grasp's lift, a release and retreat: the next
+   connect starts from states the data shows). A skill that does not terminate within its
    step budget (SKILL_BUDGET_FACTOR x the longest skill segment in the training data) fails the
    episode, as does running past the task's evaluation horizon.
 
@@ -52,6 +54,10 @@ class AgentOptions:
     # mixture component with the episode's seeded generator, take its mean); "mode" = the most
     # probable component's mean (deterministic); "sample" = draw from the full mixture.
     skill_action: str = "component"
+    # Finish the skill as the data did: once T fires, run π_θi for the demos' median number of
+    # steps after T_i(s) first held (the checkpoint's post_termination_steps: a grasp's lift, an
+    # insertion's release and retreat); the stage succeeds if T_i(s) still holds after them.
+    finish_skill: bool = True
 
     def __post_init__(self):
         checks = (("pose", self.pose, ("learned", "privileged")),
@@ -72,6 +78,8 @@ class AgentOptions:
             parts.append(f"action noise σ={self.action_noise}")
         if self.skill_action != "component":
             parts.append(f"skill action: {self.skill_action}")
+        if not self.finish_skill:
+            parts.append("skill stops when T fires")
         return ", ".join(parts)
 
 
@@ -156,6 +164,8 @@ class HSPAgent:
         self.gripper_values = np.asarray(values, dtype=np.float64) if values else None
         self.connect_gripper = (config or {}).get("connect_gripper") or [None] * self.n_stages
         self.skill_fn = skill_fn  # optional override: fn(agent, stage, obs_batch) -> action (tests, residual RL)
+        # absent in checkpoints before 2026-12-02: their skills stop when T fires
+        self.post_termination_steps = (config or {}).get("post_termination_steps") or [0] * self.n_stages
         self.pose_symmetry = stage_pose_symmetry(config, type(self.raw), self.n_stages)
         self.pose_turn = 0.0  # the symmetry turn applied to this stage's learned poses (see _connect)
         self.obs = None
@@ -385,13 +395,20 @@ class HSPAgent:
                 r.stage_success.append(False)
                 r.failure = f"stage {i}: skill did not terminate in {budget} steps"
                 return False
-            a = self.skill_action(i)
-            self.gripper = float(a[6])
-            self._step(a)
+            self._skill_step(i)
             n += 1
+        if self.options.finish_skill:
+            for _ in range(self.post_termination_steps[i]):
+                self._skill_step(i)
+                n += 1
         r.skill_steps.append(n)
         r.stage_success.append(bool(self.raw.stage_done()[i]))
         return True
+
+    def _skill_step(self, i: int):
+        a = self.skill_action(i)
+        self.gripper = float(a[6])
+        self._step(a)
 
 
 # ------------------------------------------------------------------------------------------ skill trials

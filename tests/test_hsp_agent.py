@@ -204,6 +204,29 @@ def test_pose_symmetry_of_checkpoints_without_it_comes_from_the_folded_stages():
     assert stage_pose_symmetry(None, three_piece, 3) == [None] * 3
 
 
+@pytest.mark.parametrize("finish", [True, False])
+def test_skill_runs_the_datas_post_termination_steps_after_T_fires(setup, finish):
+    env, ck, *_ = setup
+    tails = ck["config"]["post_termination_steps"]
+    assert len(tails) == len(env.stages) and tails[0] > 0  # the demos lift on after the grasp holds
+    agent = agent_for(setup, pose="privileged", finish_skill=finish)
+    agent.skill_fn = lambda agent_, i: agent_.hold_action()
+    agent.begin_episode(seed=5)
+    agent.begin_stage(0)
+    calls = {"n": 0}
+
+    def fires_after_4_steps(i):
+        calls["n"] += 1
+        return calls["n"] > 4
+
+    agent.terminated = fires_after_4_steps
+    steps_before = agent.result.steps
+    assert agent._skill(0)
+    expected = 4 + (tails[0] if finish else 0)
+    assert agent.result.skill_steps == [expected] and agent.result.steps - steps_before == expected
+    assert calls["n"] == 5  # T is not asked again while the skill finishes
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_runs_an_episode(setup, variant):
     env, ck, models, planner, sources = setup

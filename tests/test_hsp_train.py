@@ -131,6 +131,23 @@ def test_history_rows_stop_at_episode_start():
     np.testing.assert_array_equal(h, [[0, 0, 0], [0, 1, 2], [3, 3, 3], [3, 4, 5]])
 
 
+def test_post_termination_steps_is_the_median_tail_of_the_skill_segments():
+    from common import data as D
+    C, S = D.PHASE_CONNECT, D.PHASE_SKILL
+    # three demos of one stage: 2 connect rows, then skill segments of 6, 5 and 7 rows whose stage
+    # check first holds at the skill's 3rd, 4th and 2nd row (tails of 3, 1 and 5 steps after it)
+    demo, phase, done = [], [], []
+    for d, (n, first) in enumerate([(6, 2), (5, 3), (7, 1)]):
+        demo += [d] * (2 + n)
+        phase += [C, C] + [S] * n
+        done += [False, False] + [k >= first for k in range(n)]
+    data = {"demo": np.array(demo), "phase": np.array(phase), "stage": np.zeros(len(demo), dtype=int),
+            "stage_done": np.array(done)[:, None]}
+    assert train.post_termination_steps(data, 0) == 3
+    data["stage_done"][:] = False  # the check never holds: nothing to finish
+    assert train.post_termination_steps(data, 0) == 0
+
+
 def test_obs_history_matches_training_histories(dataset):
     data = train.load_flat(dataset, TASK, "state")
     rows = np.arange(0, 5)  # the first steps of demo 0: histories repeat its first step
