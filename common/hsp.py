@@ -10,9 +10,9 @@ For each stage i of the task:
 3. with replanning on, re-predict the pose at every connect step and plan again from the current
    state when the replanning distance to the current target exceeds ε = 0.05 (lines 9-12);
 4. run the skill policy π_θi until the stage terminates: the ground-truth check T_i(s) (oracle) or
-   the learned classifier T_θi(o) > 0.5 (lines 13-16), then, as the demos did, for their median
-   number of steps after T_i(s) first held (a grasp's lift, a release and retreat: the next
-   connect starts from states the data shows). A skill that does not terminate within its
+   the learned classifier T_θi(o) > 0.5 (lines 13-16), then, before the next stage, as the demos
+   did, for their median number of steps after T_i(s) first held (a grasp's lift, a release and
+   retreat: the next connect starts from states the data shows). A skill that does not terminate within its
    step budget (SKILL_BUDGET_FACTOR x the longest skill segment in the training data) fails the
    episode, as does running past the task's evaluation horizon.
 
@@ -56,7 +56,9 @@ class AgentOptions:
     skill_action: str = "component"
     # Finish the skill as the data did: once T fires, run π_θi for the demos' median number of
     # steps after T_i(s) first held (the checkpoint's post_termination_steps: a grasp's lift, an
-    # insertion's release and retreat); the stage succeeds if T_i(s) still holds after them.
+    # insertion's release and retreat), so that the next stage's connect starts where the data's
+    # did; the stage succeeds if T_i(s) still holds after them. Not after the last stage: as in
+    # robomimic's rollouts, the episode is done once the task succeeds.
     finish_skill: bool = True
 
     def __post_init__(self):
@@ -397,7 +399,7 @@ class HSPAgent:
                 return False
             self._skill_step(i)
             n += 1
-        if self.options.finish_skill:
+        if self.options.finish_skill and i < self.n_stages - 1:  # the last stage: the task is done
             for _ in range(self.post_termination_steps[i]):
                 self._skill_step(i)
                 n += 1

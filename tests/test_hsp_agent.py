@@ -225,6 +225,11 @@ def test_skill_runs_the_datas_post_termination_steps_after_T_fires(setup, finish
     expected = 4 + (tails[0] if finish else 0)
     assert agent.result.skill_steps == [expected] and agent.result.steps - steps_before == expected
     assert calls["n"] == 5  # T is not asked again while the skill finishes
+    last = len(env.stages) - 1  # the last stage ends the task as soon as T fires
+    agent.begin_stage(last)
+    calls["n"] = 0
+    assert agent._skill(last)
+    assert agent.result.skill_steps[-1] == 4
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
