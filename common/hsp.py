@@ -12,9 +12,9 @@ For each stage i of the task:
 4. run the skill policy π_θi until the stage terminates: the ground-truth check T_i(s) (oracle) or
    the learned classifier T_θi(o) > 0.5 (lines 13-16), then, before the next stage, as the demos
    did, for their median number of steps after T_i(s) first held (a grasp's lift, a release and
-   retreat: the next connect starts from states the data shows). A skill that does not terminate within its
-   step budget (SKILL_BUDGET_FACTOR x the longest skill segment in the training data) fails the
-   episode, as does running past the task's evaluation horizon.
+   retreat: the next connect starts from states the data shows). A skill that does not terminate
+   within its step budget (SKILL_BUDGET_FACTOR x the longest skill segment in the training data)
+   fails the episode, as does running past the task's evaluation horizon.
 
 How an agent is configured is data (`AgentOptions`); the named variants of the paper's tables are
 entries of `VARIANTS`, so later phases add theirs without copying the loop.
