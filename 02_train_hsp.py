@@ -219,17 +219,17 @@ def fold_grasp_symmetry(init_pose: np.ndarray, ref_pose: np.ndarray, period: flo
         return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
     pick = np.linspace(0, len(rel) - 1, min(len(rel), 256)).astype(int)  # candidates for the canonical grasp
     canonical = rel[pick[(angle(rel[pick], rel) < window_deg).sum(1).argmax()]]
-    n_twins = max(1, int(round(2 * np.pi / period)))
-    turns = [P.axisangle_to_mat([0.0, 0.0, k * 2 * np.pi / n_twins]) for k in range(n_twins)]  # k = 0: itself
+    angles = P.symmetry_turns(period)
+    turns = [P.axisangle_to_mat([0.0, 0.0, a]) for a in angles]  # angles[0] = 0: itself
     if about not in ("grip", "reference"):
         raise ValueError(f"about = {about!r}; choose 'grip' or 'reference'")
     twin = (lambda Rz: rel @ Rz) if about == "grip" else (lambda Rz: Rz @ rel)
-    dist = np.stack([angle(twin(Rz), canonical[None])[:, 0] for Rz in turns], axis=1)  # (N, n_twins)
+    dist = np.stack([angle(twin(Rz), canonical[None])[:, 0] for Rz in turns], axis=1)  # (N, number of turns)
     best = dist.argmin(axis=1)
     turn = best > 0
     out = np.array(init_pose, dtype=np.float64, copy=True)
     for j in np.flatnonzero(turn):
-        out[j] = P.mat_to_pose7(P.symmetry_twin(T[j], best[j] * 2 * np.pi / n_twins, about, ref_pose[j]))
+        out[j] = P.mat_to_pose7(P.symmetry_twin(T[j], angles[best[j]], about, ref_pose[j]))
     return out, turn
 
 
@@ -264,7 +264,7 @@ def post_termination_steps(data: dict, i: int) -> int:
     """Median number of skill steps stage i's demos keep after T_i(s) first holds (0 if none).
 
     The source demos' skill segments do not end where the stage check first holds: a grasp goes on
-    lifting, an insertion opens the fingers and backs off (NutAssembly: 21 and 11 steps). Stopping
+    lifting, an insertion opens the fingers and backs off (NutAssembly: 20 and 10 steps). Stopping
     the skill the moment T fires starts the next connect from states the data never shows (fingers
     half closed, the nut still dropping down the peg), where I_θ's predictions are far off. The
     agent finishes the skill for this many steps, as MimicGen's subtask_term_offset_range does."""

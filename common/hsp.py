@@ -334,10 +334,9 @@ class HSPAgent:
             # set, and for some object yaws that one is beyond the wrist's reach while its twin
             # (the gripper turned by π about its approach axis, a square knob's quarter turn) is
             # not. The skill's demos contain both, so the stage runs on the twin from here on.
-            period, _ = self.pose_symmetry[i]
-            n = max(1, int(round(2 * np.pi / period)))
-            for k in sorted(range(1, n), key=lambda k: min(k, n - k)):  # smallest turns first
-                self.pose_turn = k * period
+            turns = P.symmetry_turns(self.pose_symmetry[i][0])[1:]
+            for angle in sorted(turns, key=lambda a: min(a, 2 * np.pi - a)):  # smallest turns first
+                self.pose_turn = float(angle)
                 cand = self.predict_pose(i)
                 plan = self.planner.plan(self.env, P.pose7_to_mat(cand), held=held)
                 if plan.success:

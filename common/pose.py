@@ -133,6 +133,13 @@ def apply_pose_offset(pose7, eps) -> np.ndarray:
     return np.concatenate([pose7[:3] + eps[:3], mat_to_quat(R)])
 
 
+def symmetry_turns(period: float) -> np.ndarray:
+    """The distinct turns of a symmetry of `period` rad: k·2π/n for k = 0..n-1, n = round(2π/period)
+    (π: [0, π]; π/2: [0, π/2, π, 3π/2]). The label fold and the agent's twin fallback share them."""
+    n = max(1, int(round(2 * np.pi / period)))
+    return np.arange(n) * 2 * np.pi / n
+
+
 def symmetry_twin(T, angle: float, about: str = "grip", T_ref=None) -> np.ndarray:
     """Pose T (4x4) turned by `angle` about a symmetry axis of the grasp or placement.
 

@@ -82,3 +82,5 @@ def test_symmetry_twins_turn_about_the_grip_axis_or_the_reference_axis():
     assert np.allclose(back, T)
     with pytest.raises(ValueError, match="T_ref"):
         P.symmetry_twin(T, np.pi, "reference")
+    np.testing.assert_allclose(P.symmetry_turns(np.pi), [0.0, np.pi])
+    np.testing.assert_allclose(P.symmetry_turns(np.pi / 2), [0.0, np.pi / 2, np.pi, 1.5 * np.pi])
