@@ -52,3 +52,39 @@ def test_scripted_demo_succeeds(env):
     assert d.failed is None
     assert env.success()
     assert env.stage_done()[1]  # piece 1 still seated in the base
+
+
+def test_scripted_insertions_only_go_down(env, monkeypatch):
+    """Both insertion skills lower the held piece monotonically until the fingers open.
+
+    Seed 1's settle used to overshoot 1.5 cm and climb back (piece 1 rose 2.8 cm, piece 2 1.2 cm):
+    half the source demos went down-up-down, and the BC skill trained on them looped at the turn.
+    """
+    import common.scripted as S
+    from common.scripted import PHASE_SKILL
+
+    demos = []
+    monkeypatch.setattr(S.Demonstrator, "__init__", _recording_init(S.Demonstrator.__init__, demos))
+    trace = []
+    raw, step = env.raw, env.step
+
+    def traced_step(action):
+        out = step(action)
+        d = demos[-1]
+        trace.append((d.stage, d.phase, action[6], raw.object_pose("piece_1")[2, 3], raw.object_pose("piece_2")[2, 3]))
+        return out
+    monkeypatch.setattr(env, "step", traced_step)
+    d = scripted_demo(env, 1, np.random.default_rng(1), record=False)
+    assert d.failed is None and env.success()
+    for stage, col in ((1, 3), (3, 4)):
+        z = np.array([t[col] for t in trace if t[0] == stage and t[1] == PHASE_SKILL and t[2] > 0])
+        assert len(z) > 10
+        rise = z - np.minimum.accumulate(z)
+        assert rise.max() < 0.003, f"stage {stage}: the piece rose {rise.max():.4f} m during its insertion"
+
+
+def _recording_init(init, demos):
+    def wrapped(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        demos.append(self)
+    return wrapped

@@ -312,7 +312,17 @@ def _place(d: Demonstrator, raw, stage: int, name: str, ref: str, half_z: float,
            rot_tol=0.04)
     d.label(stage, PHASE_SKILL)
     # Settle above the target closed-loop (object pose measured every step), then lower slowly.
-    _servo(d, raw, lambda: _eef_for_object_at(raw, name, obj_target(engage + 0.015)), max_steps=60, speed=0.25)
+    # The settle never commands the piece back up: the OSC overshoots the settle height by up to
+    # 1.5 cm on the way down, and climbing back made half the source demos go down, up, then down
+    # again, which a BC skill cannot tell apart from going down (it looped at the turn-around).
+    lowest = [np.inf]
+
+    def settle_target():
+        T = _eef_for_object_at(raw, name, obj_target(engage + 0.015))
+        lowest[0] = min(lowest[0], raw.eef_pose()[2, 3])
+        T[2, 3] = min(T[2, 3], lowest[0])
+        return T
+    _servo(d, raw, settle_target, max_steps=60, speed=0.25)
     seated = lambda: raw.object_pose(name)[2, 3] < raw.object_pose(ref)[2, 3] + seat_offset + 0.006
     _servo(d, raw, lambda: _eef_for_object_at(raw, name, obj_target(-0.01)), max_steps=80, speed=0.12,
            until=seated, ki=0.1)
