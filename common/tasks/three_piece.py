@@ -315,12 +315,13 @@ def _place(d: Demonstrator, raw, stage: int, name: str, ref: str, half_z: float,
     # The settle never commands the piece back up: the OSC overshoots the settle height by up to
     # 1.5 cm on the way down, and climbing back made half the source demos go down, up, then down
     # again, which a BC skill cannot tell apart from going down (it looped at the turn-around).
-    lowest = [np.inf]
+    lowest_z = np.inf
 
     def settle_target():
+        nonlocal lowest_z
         T = _eef_for_object_at(raw, name, obj_target(engage + 0.015))
-        lowest[0] = min(lowest[0], raw.eef_pose()[2, 3])
-        T[2, 3] = min(T[2, 3], lowest[0])
+        lowest_z = min(lowest_z, raw.eef_pose()[2, 3])
+        T[2, 3] = min(T[2, 3], lowest_z)
         return T
     _servo(d, raw, settle_target, max_steps=60, speed=0.25)
     seated = lambda: raw.object_pose(name)[2, 3] < raw.object_pose(ref)[2, 3] + seat_offset + 0.006
