@@ -34,6 +34,7 @@ import shutil
 import time
 from collections import Counter
 
+import h5py
 import numpy as np
 from tqdm import tqdm
 
@@ -41,6 +42,7 @@ import common
 from common import data as D
 from common import pose as P
 from common.env import check_task_name, default_cameras, make_env, render_states, scripted_demo_fn
+from common.planner import CONNECT_POSTURES
 from common.presets import DATAGEN_ACTION_NOISE, get_preset
 from common.scripted import Demonstrator, pose_action
 
@@ -61,6 +63,10 @@ def parse_args(argv=None):
                    help="stop generating after this many attempts in total (default: 20x --num-demos)")
     p.add_argument("--planner", default="ompl", choices=["ompl", "linear"],
                    help="connect segments: OMPL collision-free planning or MimicGen's linear interpolation")
+    p.add_argument("--connect-posture", default="reset", choices=list(CONNECT_POSTURES),
+                   help="how connect segments resolve the arm's redundancy: robosuite's reset posture, pulled to "
+                        "the plan's goal only after a stall (reset), or the planned joint path (path); "
+                        "recorded in the file, and 06_evaluate.py deploys with the same")
     p.add_argument("--select", default=None, choices=["random", "nearest"],
                    help="source demo per stage: random, or among the 3 nearest in reference-object pose "
                         "(default: the task's datagen_select; random except CoffeePreparation)")
@@ -315,7 +321,7 @@ def generate_worker(worker: int, target: int, args, out_path: str, source_path: 
     demos, _ = D.load_all(source_path, task=args.task)
     env = make_env(args.task, obs_mode="state")
     sources = D.SourceSegments(demos, env.stages)
-    planner = Planner(env, mode=args.planner, seed=args.seed * 7919 + worker)
+    planner = Planner(env, mode=args.planner, seed=args.seed * 7919 + worker, posture=args.connect_posture)
     image_env = make_env(args.task, obs_mode="image") if args.images else None
     pdir = D.parts_dir(out_path)
     mine = D.list_parts(pdir, prefix=f"w{worker}_")
@@ -328,7 +334,8 @@ def generate_worker(worker: int, target: int, args, out_path: str, source_path: 
             t0 = time.time()
             d, reason = generate_attempt(env, planner, sources, seed, args)
             if reason is None:
-                demo = d.rec.to_demo(model_file=env.model_xml(), seed=seed, attempt=j, worker=worker)
+                demo = d.rec.to_demo(model_file=env.model_xml(), seed=seed, attempt=j, worker=worker,
+                                     connect_posture=args.connect_posture)
                 t_render = time.time()
                 if image_env is not None:
                     demo["obs"].update(render_states(image_env, demo["states"]))
@@ -356,6 +363,13 @@ def generate(args, preset, out_dir: str, source_path: str) -> dict:
                 a = f["data"][k].attrs
                 if "worker" in a and int(a["worker"]) < args.workers:
                     D.write_part(pdir, f"w{int(a['worker'])}_{int(a['attempt']):07d}", D.load_demo(f, k))
+    # a resumed run must connect as the demos it continues did (parts from before 2026-12-02: "reset")
+    for name in D.list_parts(pdir)[:1]:
+        with h5py.File(os.path.join(pdir, name + ".hdf5"), "r") as f:
+            before = str(f["demo"].attrs.get("connect_posture", "reset"))
+        if before != args.connect_posture:
+            raise SystemExit(f"error: {out_path} is being generated with --connect-posture {before}, not "
+                             f"{args.connect_posture}; resume with --connect-posture {before}, or use another --out")
     have = sum(min(len(D.list_parts(pdir, f"w{w}_")), targets[w]) for w in range(args.workers))
 
     t0 = time.time()
@@ -383,7 +397,8 @@ def generate(args, preset, out_dir: str, source_path: str) -> dict:
     # Merge: worker order, then attempt order (the same --seed and --workers give the same file).
     names = [n for w in range(args.workers) for n in D.list_parts(pdir, f"w{w}_")[:targets[w]]]
     env = make_env(args.task, obs_mode="state")
-    n_final = D.merge_parts(pdir, out_path, names, args.task, {"obs_mode": "state"}, stage_specs(env))
+    n_final = D.merge_parts(pdir, out_path, names, args.task, {"obs_mode": "state"}, stage_specs(env),
+                            extra_attrs={"connect_posture": args.connect_posture})
     if n_final >= num:
         shutil.rmtree(pdir)
     kept = len(ok_times)

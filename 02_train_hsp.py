@@ -135,6 +135,7 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
     with D.open_dataset(path, task, require=D.REQUIRED_DEMO_KEYS + refs) as f:
         keys = D.demo_keys(f)[:max_demos]
         stages = json.loads(f["data"].attrs["stages"])
+        connect_posture = str(f["data"].attrs.get("connect_posture", "reset"))  # absent before 2026-12-02
         g0 = f["data"][keys[0]]
         if obs_mode == "state":
             low_dim, cameras = list(state_keys), []
@@ -184,7 +185,7 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
     data.update({k: np.concatenate(v) for k, v in rest.items()})
     data.update(init_pose=np.stack(init_pose), init_ref_pose=np.stack(init_ref), init_gripper_open=np.stack(init_open),
                 n_demos=len(keys), stages=stages, low_dim_keys=low_dim,
-                cameras=cameras, demo_keys=keys)
+                cameras=cameras, demo_keys=keys, connect_posture=connect_posture)
     if obs_mode == "image":
         shape = data["obs"][f"{cameras[0]}_image"].shape[1:]
         if shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
@@ -622,6 +623,9 @@ def main(argv=None) -> dict:
         # closes the fingers on the way to the drawer handle although the lid skill ended open;
         # deployment connects the same way
         "connect_gripper": [connect_gripper(data, i) for i in range(n_stages)],
+        # how the data's connects resolved the arm's redundancy (01 --connect-posture): the skills
+        # start from arms posed that way, so deployment connects the same way
+        "connect_posture": data["connect_posture"],
         # skill steps the demos keep after T_i(s) first holds: deployment runs each skill this much
         # longer once T fires, so the next connect starts where the data's did
         "post_termination_steps": [post_termination_steps(data, i) for i in range(n_stages)],

@@ -62,6 +62,9 @@ def parse_args(argv=None):
                    help="require this obs mode of the checkpoint (default: whatever it was trained with)")
     p.add_argument("--source", default=None, help="source demos for I^Priv (default: data/<task>/source.hdf5)")
     p.add_argument("--planner", default="ompl", choices=["ompl", "linear"])
+    p.add_argument("--connect-posture", default=None, choices=["reset", "path"],
+                   help="how connects resolve the arm's redundancy (common.planner.CONNECT_POSTURES); "
+                        "default: as the checkpoint's training data was generated")
     p.add_argument("--termination", default=None, choices=["oracle", "learned"],
                    help="override every variant's termination (Table III compares the two)")
     p.add_argument("--action-noise", type=float, default=None, help="override: σ on skill pose actions")
@@ -128,7 +131,9 @@ def make_jobs(args, n_stages: int) -> list[dict]:
     return jobs
 
 
-def job_key(job: dict, ckpt_id: str, planner: str) -> str:
+def job_key(job: dict, ckpt_id: str, args) -> str:
+    # the planner and its connect posture; "reset" keeps the key of rollouts logged before it was an option
+    planner = args.planner if args.connect_posture == "reset" else f"{args.planner}+{args.connect_posture}"
     return json.dumps([ckpt_id, planner, job["label"], job["options"], job["last_stage"], job["seed"]], sort_keys=True)
 
 
@@ -149,7 +154,7 @@ def rollout_worker(worker: int, jobs: list[dict], args, queue):
     torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
     ck, models = load_hsp_models(args.ckpt, args.task, args.obs, device=args.device)
     env = make_env(args.task, obs_mode=ck["obs_mode"])
-    planner = Planner(env, mode=args.planner, seed=args.seed * 7919 + worker)
+    planner = Planner(env, mode=args.planner, seed=args.seed * 7919 + worker, posture=args.connect_posture)
     sources = None
     if any(j["options"]["pose"] == "privileged" for j in jobs):
         demos, _ = D.load_all(args.source, task=args.task)
@@ -173,7 +178,7 @@ def rollout_worker(worker: int, jobs: list[dict], args, queue):
 
 def run_jobs(args, jobs: list[dict], done: dict, log_path: str, ckpt_id: str) -> dict:
     """Run the jobs not in `done` (key -> result), appending each result to the JSONL log."""
-    todo = [j for j in jobs if job_key(j, ckpt_id, args.planner) not in done]
+    todo = [j for j in jobs if job_key(j, ckpt_id, args) not in done]
     if not todo:
         return done
     workers = max(1, min(args.workers, len(todo)))
@@ -198,7 +203,7 @@ def run_jobs(args, jobs: list[dict], done: dict, log_path: str, ckpt_id: str) ->
                 elif kind == "error":
                     errors.append(f"worker {a}: {b}")
                 else:
-                    key = job_key(a, ckpt_id, args.planner)
+                    key = job_key(a, ckpt_id, args)
                     done[key] = b
                     log.write(json.dumps({"key": key, "label": a["label"], "result": b}) + "\n")
                     log.flush()
@@ -347,6 +352,8 @@ def main(argv=None) -> dict:
     t_start = time.time()
     ck, _ = load_hsp_models(args.ckpt, args.task, args.obs)  # clear error for another task / obs mode
     args.obs = ck["obs_mode"]
+    if args.connect_posture is None:  # connect as the checkpoint's data did (absent before 2026-12-02: "reset")
+        args.connect_posture = ck["config"].get("connect_posture", "reset")
     stage_names = [s.name for s in common.TASKS[args.task].stages]
     if ck["config"]["n_stages"] != len(stage_names):
         raise CheckpointError(f"{args.ckpt} has {ck['config']['n_stages']} stages, {args.task} has "
@@ -365,7 +372,7 @@ def main(argv=None) -> dict:
 
     by_label: dict[str, list] = {}
     for j in jobs:
-        by_label.setdefault(j["label"], []).append(done[job_key(j, ckpt_id, args.planner)])
+        by_label.setdefault(j["label"], []).append(done[job_key(j, ckpt_id, args)])
     config = dict(vars(args), checkpoint_id=ckpt_id, checkpoint_obs_mode=ck["obs_mode"],
                   checkpoint_config=ck["config"].get("train"))
     write_json(os.path.join(out_dir, f"eval_config_{args.experiment}.json"), config)
@@ -380,6 +387,7 @@ def main(argv=None) -> dict:
         variants = dict(old)  # variants evaluated earlier (e.g. by later phases) stay in the table
         for j in jobs[:len(args.variants)]:
             variants[j["label"]] = dict(options=j["options"], checkpoint_id=ckpt_id, planner=args.planner,
+                                        connect_posture=args.connect_posture,
                                         summary=summarize(by_label[j["label"]], len(stage_names)))
         ev = dict(task=args.task, obs_mode=ck["obs_mode"], checkpoint=args.ckpt, stage_names=stage_names,
                   variants=variants, wall_seconds=wall)

@@ -312,12 +312,14 @@ def part_attrs(pdir: str, name: str) -> dict:
         return dict(f["demo"].attrs)
 
 
-def merge_parts(pdir: str, path: str, names: list[str], task: str, env_kwargs: dict, stages: list[dict]) -> int:
-    """Write `path` with the given parts as demo_0..demo_{n-1}; atomic (tmp file + rename)."""
+def merge_parts(pdir: str, path: str, names: list[str], task: str, env_kwargs: dict, stages: list[dict],
+                extra_attrs: dict | None = None) -> int:
+    """Write `path` with the given parts as demo_0..demo_{n-1}; atomic (tmp file + rename).
+    extra_attrs: more attributes of the file's `data` group (e.g. the connect posture)."""
     tmp = path + ".merging"
     if os.path.exists(tmp):
         os.remove(tmp)
-    with DemoWriter(tmp, task, env_kwargs, stages) as w:
+    with DemoWriter(tmp, task, env_kwargs, stages, extra_attrs) as w:
         for k, name in enumerate(names):
             with h5py.File(os.path.join(pdir, name + ".hdf5"), "r") as f:
                 f.copy(f["demo"], w.f["data"], name=f"demo_{k}")

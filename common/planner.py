@@ -64,6 +64,11 @@ STALLED = "stalled"
 # those episodes failed, 9 of 100 at the evaluation horizon). It stops instead of waiting.
 STALL_STEPS, STALL_POS, STALL_ROT = 25, 5e-4, math.radians(0.3)
 POSTURE_RECOVERY_STEPS = 60  # steps a stalled connect gets after its OSC posture target became the plan's goal
+# How a connect resolves the arm's redundancy (PathFollower `posture`): "reset" leaves robosuite's
+# OSC posture target (the reset configuration) and moves it to the plan's goal only once a connect
+# stalls; "path" moves it along the planned joint path from the first step (the configuration of
+# the carrot waypoint), so the arm follows the collision-checked joint path, not just its hand poses.
+CONNECT_POSTURES = ("reset", "path")
 # shortcutting: interpolate the path to this many states, try this many shortcuts per batch, stop
 # after this many batches without gain
 SIMPLIFY_POINTS, SIMPLIFY_BATCH, SIMPLIFY_IDLE, SIMPLIFY_MAX_BATCHES = 30, 6, 3, 12
@@ -160,6 +165,7 @@ class PlanResult:
     target: np.ndarray | None = None
     joint_path: np.ndarray | None = None  # (K, 7) joint configurations, start..goal (ompl mode)
     waypoints: np.ndarray | None = None
+    waypoint_q: np.ndarray | None = None  # (M, 7) the joint configuration of each waypoint (ompl mode)
     goal_q: np.ndarray | None = None
     plan_time: float = 0.0
     held: str | None = None
@@ -310,9 +316,13 @@ class Planner:
     def __init__(self, env, mode: str = "ompl", time_budget: float = 1.0,
                  margin: float = 0.01, ik_restarts: int = 30, ik_pos_tol: float = 0.002,
                  ik_rot_tol: float = math.radians(2.0), start_tol: float = 0.004, max_model_error: float = 0.02,
-                 retreat: bool = True, retreat_clearance: float = 0.005, seed: int | None = None):
+                 retreat: bool = True, retreat_clearance: float = 0.005, seed: int | None = None,
+                 posture: str = "reset"):
         if mode not in ("ompl", "linear"):
             raise ValueError(f"unknown planner mode {mode!r}; use 'ompl' or 'linear'")
+        if posture not in CONNECT_POSTURES:
+            raise ValueError(f"unknown connect posture {posture!r}; use one of {CONNECT_POSTURES}")
+        self.posture = posture  # how its followers resolve the arm's redundancy (CONNECT_POSTURES)
         import pybullet as pb
         import pybullet_data
 
@@ -1053,8 +1063,8 @@ class Planner:
             path = np.concatenate([q_start[None], path])
         wps = np.stack([self.kin.fk(q) for q in dense])
         wps[-1] = target
-        return PlanResult(True, "", "ompl", target, joint_path=path, waypoints=wps, goal_q=q_goal, info=info,
-                          retreat_end=retreat_end)
+        return PlanResult(True, "", "ompl", target, joint_path=path, waypoints=wps, waypoint_q=dense, goal_q=q_goal,
+                          info=info, retreat_end=retreat_end)
 
     def _ghosts_on(self, on: bool):
         """Switch the finger-sweep copies into (placed at the next `_set_q`) or out of the world."""
@@ -1197,6 +1207,7 @@ class Planner:
 
     # ------------------------------------------------------------------ execution
     def follow(self, plan: PlanResult, gripper: float, **kw) -> "PathFollower":
+        kw.setdefault("posture", self.posture)
         return PathFollower(plan, gripper, **kw)
 
     def actions(self, env, plan: PlanResult, gripper: float, **kw):
@@ -1251,7 +1262,10 @@ class PathFollower:
     """
 
     def __init__(self, plan: PlanResult, gripper: float, pos_tol: float = 0.004, rot_tol: float = math.radians(2.0),
-                 lookahead: float = 0.03, rot_lookahead: float = 0.3, speed: float = 1.0, max_steps: int | None = None):
+                 lookahead: float = 0.03, rot_lookahead: float = 0.3, speed: float = 1.0, max_steps: int | None = None,
+                 posture: str = "reset"):
+        if posture not in CONNECT_POSTURES:
+            raise ValueError(f"unknown connect posture {posture!r}; use one of {CONNECT_POSTURES}")
         self.wps = plan.waypoints
         self.target = plan.target
         self.gripper = gripper
@@ -1263,6 +1277,9 @@ class PathFollower:
         self.best_i, self.best, self.best_step = -1, (math.inf, math.inf), 0  # stall detection
         self.goal_q = getattr(plan, "goal_q", None)
         self.posture_recovery = False  # the OSC posture target was moved to goal_q after a stall
+        # "path": the OSC's posture target follows the planned joint configuration of the carrot
+        # (plans with a joint path only; see CONNECT_POSTURES)
+        self.path_q = getattr(plan, "waypoint_q", None) if posture == "path" else None
 
     @property
     def done(self) -> bool:
@@ -1270,9 +1287,13 @@ class PathFollower:
 
     def _finish(self, env, result: ExecResult):
         self.result = result
-        if self.posture_recovery:  # the skill that follows acts with robosuite's posture, as in the data
+        if self.posture_recovery or self.path_q is not None:  # the skill acts with robosuite's posture, as in the data
             set_arm_posture(env, None)
         return None
+
+    def _pull_posture(self, env):
+        if self.path_q is not None and not self.posture_recovery:
+            set_arm_posture(env, self.path_q[self.i])
 
     def errors(self, eef):
         return (float(np.linalg.norm(eef[:3, 3] - self.target[:3, 3])),
@@ -1295,6 +1316,7 @@ class PathFollower:
             else:
                 while self.i < k and np.linalg.norm(self.wps[self.i][:3, 3] - eef[:3, 3]) < RETREAT_LOOKAHEAD:
                     self.i += 1
+                self._pull_posture(env)
                 self.steps += 1
                 return pose_action(eef, self.wps[self.i], GRIPPER_HOLD, max_pos=self.speed, max_rot=self.speed)
         while self.i < last:
@@ -1321,5 +1343,6 @@ class PathFollower:
             set_arm_posture(env, self.goal_q)
             self.posture_recovery, self.best_step = True, self.steps
             self.max_steps = max(self.max_steps, self.steps + POSTURE_RECOVERY_STEPS)
+        self._pull_posture(env)
         self.steps += 1
         return pose_action(eef, self.wps[self.i], self.gripper, max_pos=self.speed, max_rot=self.speed)

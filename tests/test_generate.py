@@ -157,3 +157,24 @@ def test_commanded_replay_reproduces_a_source_skill_on_its_own_seed(dataset):
         env.close()
     assert errors["commanded"] < 0.005  # the connect segment ends within the planner's ~3 mm reach error
     assert errors["achieved"] > 2 * errors["commanded"]
+
+
+def test_connect_posture_is_recorded_for_training_and_a_resume_must_keep_it(dataset, tmp_path):
+    """--connect-posture goes into every demo and the file; 02 carries the file's into the
+    checkpoint config (deployment connects the same way); resuming a file made with another
+    posture is refused with the fix."""
+    import h5py
+    task = "Threading_D2"
+    os.makedirs(tmp_path / task)
+    shutil.copy(os.path.join(os.path.dirname(dataset), "source.hdf5"), tmp_path / task / "source.hdf5")
+    common = ["--task", task, "--out", str(tmp_path), "--planner", "linear", "--max-attempts", "30"]
+    generate.main(common + ["--num-demos", "1", "--connect-posture", "path"])
+    path = os.path.join(tmp_path, task, "generated.hdf5")
+    with h5py.File(path, "r") as f:
+        assert f["data"].attrs["connect_posture"] == "path"
+        assert f["data"]["demo_0"].attrs["connect_posture"] == "path"
+    train = load_script("train_hsp", "02_train_hsp.py")
+    assert train.load_flat(path, task, "state")["connect_posture"] == "path"
+    assert train.load_flat(dataset, task, "state")["connect_posture"] == "reset"  # the default
+    with pytest.raises(SystemExit, match="--connect-posture path"):
+        generate.main(common + ["--num-demos", "2", "--connect-posture", "reset"])

@@ -475,7 +475,8 @@ def test_stalled_connect_recovers_by_pulling_the_arm_posture_to_the_plan_goal():
     """An HSP-Priv NutAssembly grasp pose whose goal configuration has joint 7 at 2.85 (limit 2.9):
     tracking it with OSC alone turns joint 7 into its limit and stalls 2.5 cm short (a quarter of
     the HSP-Priv rollouts did this). Once stalled, the follower moves the OSC's nullspace posture
-    target to the plan's goal configuration and reaches the pose; the posture is restored after."""
+    target to the plan's goal configuration and reaches the pose; the posture is restored after.
+    With posture "path" it does not stall at all."""
     from dataclasses import replace
 
     from common.planner import STALLED, PathFollower
@@ -501,6 +502,18 @@ def test_stalled_connect_recovers_by_pulling_the_arm_posture_to_the_plan_goal():
         f = track(plan)
         assert f.posture_recovery and f.result.success and f.result.pos_err < 0.005, f.result
         np.testing.assert_array_equal(controller.initial_joint, default)
+        # posture "path": the posture target follows the planned joint path from the first step, so
+        # the arm never turns into the limit: no stall, and the pose in fewer steps (41 vs 80 here)
+        env.reset(seed=4)
+        controller = env.raw.robots[0].composite_controller.part_controllers["right"]  # a new one per reset
+        seen = []
+        g = PathFollower(plan, GRIPPER_OPEN, posture="path")
+        while (a := g.step(env)) is not None:
+            seen.append(controller.initial_joint.copy())
+            env.step(a)
+        assert g.result.success and not g.posture_recovery and g.result.steps < f.result.steps - 20, g.result
+        assert any(np.allclose(q, plan.waypoint_q[-1]) for q in seen)  # it pulled toward the plan's end
+        np.testing.assert_array_equal(controller.initial_joint, default)  # and let go of it after
     finally:
         planner.close()
         env.close()
