@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def run_mode(task: str, posture: str, seeds: list, out_path: str):
+def run_mode(task: str, posture: str, seeds: list, out_path: str, generate_args: list):
     import torch
     torch.set_num_threads(1)
     from common import data as D
@@ -34,7 +34,7 @@ def run_mode(task: str, posture: str, seeds: list, out_path: str):
     spec = importlib.util.spec_from_file_location("generate", os.path.join(ROOT, "01_generate.py"))
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
-    args = generate.parse_args(["--task", task])
+    args = generate.parse_args(["--task", task] + generate_args)
     demos, _ = D.load_all(os.path.join(ROOT, "data", task, "source.hdf5"), task=task)
     env = make_env(task, obs_mode="state")
     sources = D.SourceSegments(demos, env.stages)
@@ -67,6 +67,8 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="attempt seeds start at 5_000_000 + 1000 * seed")
     p.add_argument("--postures", nargs="+", default=["reset", "path"])
     p.add_argument("--out", default=None, help="folder for the per-mode JSON (default: a temporary one)")
+    p.add_argument("--generate-args", default="", help="more 01_generate.py options for every mode, e.g. "
+                   "\"--select nearest --select-per-stage\" (the same seeds: compare runs attempt by attempt)")
     args = p.parse_args()
     if not os.path.exists(os.path.join(ROOT, "data", args.task, "source.hdf5")):
         raise SystemExit(f"data/{args.task}/source.hdf5 is missing: run 01_generate.py --task {args.task} first")
@@ -74,13 +76,14 @@ def main():
     out = args.out or tempfile.mkdtemp(prefix="bench_connect_")
     os.makedirs(out, exist_ok=True)
     seeds = [5_000_000 + 1000 * args.seed + k for k in range(args.attempts)]
-    procs = [mp.get_context("spawn").Process(target=run_mode, args=(args.task, m, seeds, os.path.join(out, f"{m}.json")))
+    procs = [mp.get_context("spawn").Process(target=run_mode, args=(args.task, m, seeds, os.path.join(out, f"{m}.json"),
+                                                                  args.generate_args.split()))
              for m in args.postures]
     for pr in procs:
         pr.start()
     for pr in procs:
         pr.join()
-    print(f"\n{args.task}, {args.attempts} seeded generation attempts per mode (results in {out})\n")
+    print(f"\n{args.task}, {args.attempts} seeded generation attempts per mode {args.generate_args} (results in {out})\n")
     print("| posture | kept | connects: mean steps per stage | p90 steps | stalled | short of the pose | failures | s/attempt |")
     print("|---|---|---|---|---|---|---|---|")
     for m in args.postures:
