@@ -42,6 +42,7 @@ from common import data as D
 from common.env import check_task_name, make_env
 from common.hsp import VARIANTS, HSPAgent, summarize, variant_options, wilson_interval
 from common.hsp_checkpoint import CheckpointError, load_hsp_models
+from common.planner import CONNECT_POSTURES
 from common.presets import PAPER_TABLE1, POSE_NOISE_SIGMAS, get_preset
 
 EVAL_SEED_BASE = 2_000_000  # rollout k uses EVAL_SEED_BASE + seed * 100003 + k: never a generation seed
@@ -62,7 +63,7 @@ def parse_args(argv=None):
                    help="require this obs mode of the checkpoint (default: whatever it was trained with)")
     p.add_argument("--source", default=None, help="source demos for I^Priv (default: data/<task>/source.hdf5)")
     p.add_argument("--planner", default="ompl", choices=["ompl", "linear"])
-    p.add_argument("--connect-posture", default=None, choices=["reset", "path"],
+    p.add_argument("--connect-posture", default=None, choices=list(CONNECT_POSTURES),
                    help="how connects resolve the arm's redundancy (common.planner.CONNECT_POSTURES); "
                         "default: as the checkpoint's training data was generated")
     p.add_argument("--termination", default=None, choices=["oracle", "learned"],
