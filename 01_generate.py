@@ -34,7 +34,6 @@ import shutil
 import time
 from collections import Counter
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
@@ -365,8 +364,7 @@ def generate(args, preset, out_dir: str, source_path: str) -> dict:
                     D.write_part(pdir, f"w{int(a['worker'])}_{int(a['attempt']):07d}", D.load_demo(f, k))
     # a resumed run must connect as the demos it continues did (parts from before 2026-12-02: "reset")
     for name in D.list_parts(pdir)[:1]:
-        with h5py.File(os.path.join(pdir, name + ".hdf5"), "r") as f:
-            before = str(f["demo"].attrs.get("connect_posture", "reset"))
+        before = str(D.part_attrs(pdir, name).get("connect_posture", "reset"))
         if before != args.connect_posture:
             raise SystemExit(f"error: {out_path} is being generated with --connect-posture {before}, not "
                              f"{args.connect_posture}; resume with --connect-posture {before}, or use another --out")

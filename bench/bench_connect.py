@@ -86,9 +86,10 @@ def main():
     print(f"\n{args.task}, {args.attempts} seeded generation attempts per mode {args.generate_args} (results in {out})\n")
     print("| posture | kept | connects: mean steps per stage | p90 steps | stalled | short of the pose | failures | s/attempt |")
     print("|---|---|---|---|---|---|---|---|")
+    results = {}
     for m in args.postures:
         with open(os.path.join(out, f"{m}.json")) as fh:
-            res = json.load(fh)
+            results[m] = res = json.load(fh)
         rows = res["rows"]
         n_st = max(len(r["connects"]) for r in rows)
         per = [[r["connects"][i] for r in rows if len(r["connects"]) > i] for i in range(n_st)]
@@ -103,7 +104,7 @@ def main():
               f"{res['seconds'] / len(rows):.1f} |")
     # attempt by attempt: where the modes disagree
     if len(args.postures) == 2:
-        a, b = (json.load(open(os.path.join(out, f"{m}.json")))["rows"] for m in args.postures)
+        a, b = (results[m]["rows"] for m in args.postures)
         only = [(x["seed"], x["ok"], y["ok"]) for x, y in zip(a, b) if x["ok"] != y["ok"]]
         print(f"\nattempts kept by only one mode ({args.postures[0]} / {args.postures[1]}): "
               f"{sum(o[1] for o in only)} / {sum(o[2] for o in only)}")
