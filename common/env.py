@@ -35,6 +35,7 @@ from robosuite.utils.observables import Observable, sensor
 from robosuite.utils.placement_samplers import SequentialCompositeSampler, UniformRandomSampler
 
 from . import pose as P
+from .osc import FastArmSubstep
 from .presets import CONTROL_FREQ, IMAGE_SIZE
 
 macros.IMAGE_CONVENTION = "opencv"  # images upright (row 0 = top), as every learning library expects
@@ -181,13 +182,17 @@ class KitTask(ManipulationEnv):
     def __init__(self, robots="Panda", controller_configs=None, fast_render=True, camera_names="agentview",
                  camera_heights=IMAGE_SIZE, camera_widths=IMAGE_SIZE, use_camera_obs=False,
                  has_offscreen_renderer=False, has_renderer=False, control_freq=CONTROL_FREQ,
-                 horizon=None, ignore_done=True, hard_reset=False, seed=None, **kwargs):
+                 horizon=None, ignore_done=True, hard_reset=False, seed=None, fast_control=True, **kwargs):
         if controller_configs is None:
             # OSC_POSE arm via robosuite's BASIC composite controller, delta actions (DESIGN.md).
             controller_configs = load_composite_controller_config(controller="BASIC", robot="Panda")
             # A single Panda arm has only the "right" part; the other parts only produce warnings.
             controller_configs["body_parts"] = {"right": controller_configs["body_parts"]["right"]}
         self.fast_render = fast_render
+        # Between policy steps, compute the arm's OSC torques without robosuite's per-substep
+        # plumbing: bit-identical torques, ~2-3x faster env steps on CPU (common/osc.py).
+        self.fast_control = fast_control
+        self._fast_substep = None
         self._rest_z = {}
         super().__init__(
             robots=robots, controller_configs=controller_configs, use_camera_obs=use_camera_obs,
@@ -282,6 +287,15 @@ class KitTask(ManipulationEnv):
         self._after_placement()
         self.sim.forward()
         self._rest_z = {n: float(self.sim.data.body_xpos[b][2]) for n, b in self.obj_body_id.items()}
+
+    def _pre_action(self, action, policy_step=False):
+        if policy_step and self.fast_control:
+            # (re)bind to the current controller: robosuite rebuilds controllers on resets
+            if self._fast_substep is None or (self._fast_substep and not self._fast_substep.bound_to(self)):
+                self._fast_substep = FastArmSubstep(self) if FastArmSubstep.supports(self) else False
+        if policy_step or not self._fast_substep:
+            return super()._pre_action(action, policy_step)
+        self._fast_substep()
 
     def _post_action(self, action):
         # robosuite's lite physics leaves body poses one sub-step behind qpos after a step; one

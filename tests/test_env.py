@@ -41,6 +41,40 @@ def test_osc_delta_actions_move_the_end_effector_as_commanded():
     assert P.rotation_angle(end[:3, :3], target[:3, :3]) < 0.02
 
 
+def test_fast_substep_control_matches_robosuites_controller_state_for_state():
+    """common/osc.py recomputes the OSC torques between policy steps; whole rollouts (a grasp and
+    lift with contacts, a reset that rebuilds the controllers, a changed nullspace posture) must
+    reproduce robosuite's own controller bit for bit."""
+    from common.planner import set_arm_posture
+
+    def rollout(fast):
+        env = make_env("Coffee_D2", seed=5, fast_control=fast)
+        states = []
+        for episode in range(2):
+            env.reset(seed=5 + episode)
+            pod = env.object_poses()["pod"]
+            above = pod.copy()
+            above[:3, :3] = env.eef_pose()[:3, :3]
+            above[2, 3] += 0.10
+            grasp = above.copy()
+            grasp[2, 3] -= 0.09
+            if episode == 1:
+                q = env.raw.robots[0].composite_controller.part_controllers["right"].initial_joint
+                set_arm_posture(env, np.asarray(q) + 0.2)
+            for target, gripper, steps in ((above, -1, 15), (grasp, -1, 15), (grasp, 1, 8), (above, 1, 10)):
+                for _ in range(steps):
+                    env.step(pose_action(env.eef_pose(), target, gripper))
+                    states.append(env.get_state())
+        return env, np.array(states)
+
+    fast_env, fast = rollout(True)
+    slow_env, slow = rollout(False)
+    assert fast_env.raw._fast_substep, "the kit's Panda OSC configuration should take the fast path"
+    assert not slow_env.raw._fast_substep
+    assert np.ptp(fast[:, :7], axis=0).max() > 0.05  # the arm moved
+    np.testing.assert_array_equal(fast, slow)
+
+
 def test_image_mode_renders_all_cameras():
     env = make_env("Threading_D2", obs_mode="image")
     obs = env.reset(seed=0)
