@@ -43,9 +43,8 @@ from common.env import check_task_name, make_env
 from common.hsp import VARIANTS, HSPAgent, summarize, variant_options, wilson_interval
 from common.hsp_checkpoint import CheckpointError, load_hsp_models
 from common.planner import CONNECT_POSTURES
-from common.presets import PAPER_TABLE1, POSE_NOISE_SIGMAS, get_preset
+from common.presets import PAPER_TABLE1, POSE_NOISE_SIGMAS, eval_seed, get_preset
 
-EVAL_SEED_BASE = 2_000_000  # rollout k uses EVAL_SEED_BASE + seed * 100003 + k: never a generation seed
 
 
 def parse_args(argv=None):
@@ -128,7 +127,7 @@ def make_jobs(args, n_stages: int) -> list[dict]:
     for k in range(n):
         for label, v, o, last in configs:  # interleaved: partial runs cover every configuration
             jobs.append(dict(label=label, variant=v, options=asdict(o), last_stage=last,
-                             seed=EVAL_SEED_BASE + args.seed * 100003 + k))
+                             seed=eval_seed(args.seed, k)))
     return jobs
 
 

@@ -1,7 +1,10 @@
 """Environment throughput: env steps per second of make_env in state and image mode, against raw
-robosuite.make("NutAssembly") measured in the same run (issue 2 goal: state >= 0.9x raw).
+robosuite.make("NutAssembly") measured in the same run (issue 2 goal: state >= 0.9x raw), and
+state mode with robosuite's own per-substep controller (`fast_control=False`) against the kit's
+fast OSC substeps (common/osc.py), which give bit-identical states.
 
     python bench/bench_env.py --steps 500
+    python bench/bench_env.py --steps 300 --no-images --tasks ThreePieceAssembly_D2 Coffee_D2
 """
 import argparse
 import os
@@ -33,6 +36,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--tasks", nargs="*", default=sorted(common.TASKS))
+    p.add_argument("--no-images", action="store_true", help="skip the image-mode rows")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     cfg = load_composite_controller_config(controller="BASIC", robot="Panda")
@@ -41,10 +45,16 @@ def main():
     raw_rate = rate(raw.step, raw.reset, args.steps, rng)
     rows = [("robosuite NutAssembly (raw, state)", raw_rate, 1.0)]
     for task in args.tasks:
+        env = common.make_env(task, obs_mode="state", fast_control=False)
+        slow = rate(env.step, env.reset, args.steps, rng)
+        rows.append((f"{task} state, robosuite substeps", slow, slow / raw_rate))
+        env.close()
         env = common.make_env(task, obs_mode="state")
         r = rate(env.step, env.reset, args.steps, rng)
-        rows.append((f"{task} state", r, r / raw_rate))
+        rows.append((f"{task} state (fast OSC substeps: {r / slow:.2f}x)", r, r / raw_rate))
         env.close()
+        if args.no_images:
+            continue
         env = common.make_env(task, obs_mode="image")
         n = max(50, args.steps // 5)
         r = rate(env.step, env.reset, n, rng)

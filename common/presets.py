@@ -18,6 +18,12 @@ E2E_ACTION_NOISE = 0.01  # σ for stitched end-to-end rollouts, App. C-G
 POSE_NOISE_SIGMAS = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3)  # Fig. 3
 IMAGE_SIZE = 84  # App. B-A
 IMAGE_CROP = 76  # robomimic random crop used by MimicGen image policies
+EVAL_SEED_BASE = 2_000_000  # evaluation rollout k uses EVAL_SEED_BASE + seed * 100003 + k: never a generation seed
+
+
+def eval_seed(seed: int, k: int) -> int:
+    """Env seed of evaluation rollout k of a run with --seed `seed` (06_evaluate.py, bench/)."""
+    return EVAL_SEED_BASE + seed * 100003 + k
 
 # DrQ-v2 hyper-parameters, Tab. V of the paper plus those it inherits from Yarats et al. 2021.
 DRQV2 = dict(
