@@ -24,6 +24,12 @@ Demos are split into train / validation (`val_fraction` of the demos, at least o
 losses are logged beside the training losses. Output in <out>/<task>/:
 hsp.pt (DESIGN.md format), hsp_config.json, hsp_losses.json, hsp_losses.png.
 
+Interrupted runs resume: every network is saved to <out>/<task>/hsp_progress/ as soon as it is
+trained, with a key of everything that determines it (data file, configuration, steps, seed); a
+rerun of the same command loads those and trains only the rest (each network draws its minibatches
+from its own seeded generator, so a resumed run equals an uninterrupted one). `--fresh` ignores
+them. The folder is removed once hsp.pt is complete.
+
     python 02_train_hsp.py --task Threading_D2 --obs state --preset quick     # about a minute on CPU
     python 02_train_hsp.py --task Threading_D2 --obs image --preset paper --device cuda \
         --data data/Threading_D2/generated_images.hdf5
@@ -31,10 +37,12 @@ hsp.pt (DESIGN.md format), hsp_config.json, hsp_losses.json, hsp_losses.png.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import time
 
 import numpy as np
@@ -45,7 +53,7 @@ import common
 from common import data as D
 from common import pose as P
 from common.env import check_task_name, default_cameras, make_env, object_in_eef_frame
-from common.hsp_checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.hsp_checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
 from common.nets import ObsNormalizer, build_stage_models, count_params, rot6d_to_matrix
 from common.presets import IMAGE_SIZE, get_preset
 
@@ -112,6 +120,8 @@ def parse_args(argv=None):
                    help="keep each network's final weights instead of its best validation evaluation")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing hsp.pt even if it is of another obs mode")
+    p.add_argument("--fresh", action="store_true",
+                   help="train every network anew, ignoring those an interrupted run saved in hsp_progress/")
     p.add_argument("--no-tqdm", action="store_true", help="no progress bars (logs one line per evaluation)")
     args = p.parse_args(argv)
     check_task_name(args.task)
@@ -457,7 +467,6 @@ def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, 
     resets, never from these states. Ties go to the best validation evaluation, then the later step.
     """
     from common.hsp import skill_trials
-    from common.hsp_checkpoint import atomic_torch_save
 
     names = [f"stage{i}_{st['name']}" for i, st in enumerate(data["stages"])]
     cand_path = os.path.join(out_dir, "hsp_skill_snapshots.pt")
@@ -544,6 +553,26 @@ def write_json(path: str, obj):
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)
+
+
+def progress_key(config: dict, hp: dict, data_path: str) -> str:
+    """What determines every network of a run: the configuration (data, split, nets, optimizer), the
+    presets' values and the data file's identity (size and modification time)."""
+    st = os.stat(data_path)
+    blob = json.dumps([config, hp, st.st_size, st.st_mtime_ns], sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def load_progress(path: str, key: str):
+    """A network an interrupted run saved (weights, history, skill snapshots), or None if absent or
+    from another configuration."""
+    if not os.path.exists(path):
+        return None
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 (a damaged file is retrained, never trusted)
+        return None
+    return saved if saved.get("key") == key else None
 
 
 def main(argv=None) -> dict:
@@ -656,6 +685,9 @@ def main(argv=None) -> dict:
     if hp["select_trials"] > 0 and n_val == 0:
         raise SystemExit("error: --select-trials needs held-out demos to start its rollouts from; "
                          "use --val-fraction > 0 or --select-trials 0")
+    progress_dir = os.path.join(out_dir, "hsp_progress")  # one file per trained network: resume
+    run_key = progress_key(config, hp, args.data)
+    kind_index = {"pose": 0, "skill": 1, "termination": 2}
     for i in range(n_stages):
         name = f"stage{i}_{data['stages'][i]['name']}"
         rows = stage_rows(data, i, int(hp["termination_after_steps"]))
@@ -677,8 +709,6 @@ def main(argv=None) -> dict:
         for kind in ("pose", "skill", "termination"):
             r = rows[kind]
             tr, va = r[~is_val[r]], r[is_val[r]]
-            if len(va) > VAL_MAX_ROWS:  # a fixed subset keeps evaluations cheap on paper-size data
-                va = np.sort(rng.choice(va, VAL_MAX_ROWS, replace=False))
             if getattr(args, f"{kind}_steps") is not None:
                 steps = getattr(args, f"{kind}_steps")
             elif args.steps is not None:
@@ -688,10 +718,27 @@ def main(argv=None) -> dict:
             else:
                 steps = int(hp[f"{kind}_steps"])
             config["train"]["steps"][f"{name}/{kind}"] = steps
-            h = train_net(f"{name} {kind}", kind, models[i][kind], fns[kind], tr, va, steps, hp, rng, device,
-                          data, i, frame_stack, args.no_tqdm,
-                          snapshots=skill_snapshots[i] if kind == "skill" and hp["select_trials"] > 0 else None)
-            h["n_train_rows"], h["n_val_rows"] = int(len(tr)), int(len(va))
+            snapshots = skill_snapshots[i] if kind == "skill" and hp["select_trials"] > 0 else None
+            path = os.path.join(progress_dir, f"{name}_{kind}.pt")
+            key = f"{run_key}/{name}/{kind}/{steps}"
+            saved = None if args.fresh else load_progress(path, key)
+            if saved is not None:  # trained by an interrupted run of this configuration
+                models[i][kind].load_state_dict(saved["weights"])
+                h = json.loads(saved["history"])
+                if snapshots is not None:
+                    snapshots.update({int(k): v for k, v in saved["snapshots"].items()})
+                print(f"[{name} {kind}] resumed from {path}")
+            else:
+                # each network its own generators: a resumed run draws what an uninterrupted one would
+                torch.manual_seed(args.seed * 1_000_003 + 3 * i + kind_index[kind])
+                net_rng = np.random.default_rng([args.seed, i, kind_index[kind]])
+                if len(va) > VAL_MAX_ROWS:  # a fixed subset keeps evaluations cheap on paper-size data
+                    va = np.sort(net_rng.choice(va, VAL_MAX_ROWS, replace=False))
+                h = train_net(f"{name} {kind}", kind, models[i][kind], fns[kind], tr, va, steps, hp, net_rng,
+                              device, data, i, frame_stack, args.no_tqdm, snapshots=snapshots)
+                h["n_train_rows"], h["n_val_rows"] = int(len(tr)), int(len(va))
+                atomic_torch_save({"key": key, "weights": models[i][kind].state_dict(), "history": json.dumps(h),
+                                   "snapshots": {str(k): v for k, v in (snapshots or {}).items()}}, path)
             losses[name][kind] = h
             kept = h["step"].index(h["best_step"]) if "best_step" in h else -1  # the weights saved
             final[name][kind] = h["val_metrics"][kept] if h["val_metrics"] else None
@@ -708,6 +755,7 @@ def main(argv=None) -> dict:
             h = losses[sel["stage"]]["skill"]
             final[sel["stage"]]["skill"] = h["val_metrics"][h["step"].index(sel["chosen_step"])]
         save_checkpoint(ckpt_path, args.task, args.obs, config, normalizer.state_dict(), stages)
+    shutil.rmtree(progress_dir, ignore_errors=True)  # hsp.pt is complete: a rerun trains anew
     write_json(os.path.join(out_dir, "hsp_config.json"), dict(config, args=vars(args)))
     write_json(os.path.join(out_dir, "hsp_losses.json"), {"losses": losses, "final_validation": final})
     plot_losses(losses, os.path.join(out_dir, "hsp_losses.png"))

@@ -328,3 +328,47 @@ def test_multi_hypothesis_pose_head_picks_a_mode_where_regression_averages():
         errors[k] = torch.minimum((p - pos[:1].abs()).norm(dim=1), (p + pos[:1].abs()).norm(dim=1)).mean().item()
     assert errors[1] > 0.07  # the average of +-10 cm is ~0, 10 cm from both
     assert errors[3] < 0.02  # within 2 cm of one of the two true poses
+
+
+def test_an_interrupted_run_resumes_at_the_network_it_stopped_at(dataset, tmp_path, monkeypatch):
+    def args(out, steps="6"):
+        return ["--task", TASK, "--obs", "state", "--data", dataset, "--out", str(tmp_path / out), "--steps", steps,
+                "--eval-every", "3", "--batch-size", "8", "--hidden", "16", "16", "--no-tqdm"]
+
+    train.main(args("whole"))  # uninterrupted reference
+    real, calls = train.train_net, []
+
+    def interrupted_at_the_fourth(*a, **k):
+        calls.append(a[0])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "train_net", interrupted_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args("resumed"))
+    progress = tmp_path / "resumed" / TASK / "hsp_progress"
+    assert len(os.listdir(progress)) == 3 and not (tmp_path / "resumed" / TASK / "hsp.pt").exists()
+    first_three = calls[:3]
+
+    calls.clear()
+    monkeypatch.setattr(train, "train_net", lambda *a, **k: (calls.append(a[0]), real(*a, **k))[1])
+    train.main(args("resumed"))
+    n_nets = 3 * len(load_checkpoint(str(tmp_path / "whole" / TASK / "hsp.pt"))["stages"])
+    assert len(calls) == n_nets - 3 and not set(first_three) & set(calls)  # the saved three were not retrained
+    whole = load_checkpoint(str(tmp_path / "whole" / TASK / "hsp.pt"))["stages"]
+    resumed = load_checkpoint(str(tmp_path / "resumed" / TASK / "hsp.pt"))["stages"]
+    for a, b in zip(whole, resumed):  # a resumed run equals an uninterrupted one
+        for kind in ("pose", "skill", "termination"):
+            assert all(torch.equal(a[kind][k], b[kind][k]) for k in a[kind]), kind
+    assert not progress.exists()  # removed once hsp.pt is complete
+
+    # networks saved under another configuration (here: other step counts) are retrained
+    monkeypatch.setattr(train, "train_net", interrupted_at_the_fourth)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args("changed"))
+    monkeypatch.setattr(train, "train_net", lambda *a, **k: (calls.append(a[0]), real(*a, **k))[1])
+    calls.clear()
+    train.main(args("changed", steps="5"))
+    assert len(calls) == n_nets
