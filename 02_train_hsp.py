@@ -28,7 +28,8 @@ Interrupted runs resume: every network is saved to <out>/<task>/hsp_progress/ as
 trained, with a key of everything that determines it (data file, configuration, steps, seed); a
 rerun of the same command loads those and trains only the rest (each network draws its minibatches
 from its own seeded generator, so a resumed run equals an uninterrupted one). `--fresh` ignores
-them. The folder is removed once hsp.pt is complete.
+them. The skill selection's trials are logged there too, so an interrupted selection resumes. The
+folder is removed once hsp.pt is complete.
 
     python 02_train_hsp.py --task Threading_D2 --obs state --preset quick     # about a minute on CPU
     python 02_train_hsp.py --task Threading_D2 --obs image --preset paper --device cuda \
@@ -455,7 +456,8 @@ def train_net(desc, kind, net, loss_fn, train_rows, val_rows, steps, hp, rng, de
 
 
 # ------------------------------------------------------------------------------------------ selection
-def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, stages, n_trials) -> list:
+def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, stages, n_trials,
+                  log_path=None, key="") -> list:
     """Choose each stage's skill among its snapshots (the validation evaluations of the second half
     of its training) by rollout success, and put the winner into `stages` (in place).
 
@@ -465,6 +467,8 @@ def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, 
     (cycling through the held-out demos, with a new seed for the GMM component draws each lap) and
     runs π_θi to termination (the oracle check). The evaluation's episodes start from fresh seeded
     resets, never from these states. Ties go to the best validation evaluation, then the later step.
+    Each trial's outcome is appended to `log_path` under `key` as it finishes: an interrupted
+    selection resumes with the trials it has not run.
     """
     from common.hsp import skill_trials
 
@@ -486,17 +490,48 @@ def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, 
     n_cand = sum(len(s) for s in snapshots)
     print(f"skill selection: {n_cand} snapshots x {n_trials} trials from {len(val_demos)} held-out demos' "
           f"skill starts ({len(jobs)} skill rollouts, {args.select_workers} workers)")
-    wins = {}
+    wins, logged = {}, {}
+    if log_path and os.path.exists(log_path):
+        with open(log_path) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by the interruption
+                if r.get("key") == key:
+                    logged[(r["stage"], r["step"], r["seed"])] = bool(r["ok"])
     bar = tqdm(total=len(jobs), desc="skill selection", unit="trial", disable=args.no_tqdm)
 
-    def progress(res):
-        i, step, _, ok, _ = res
+    def count(i, step, ok):
         w = wins.setdefault((i, step), [0, 0])
         w[0], w[1] = w[0] + int(ok), w[1] + 1
         bar.update(1)
 
-    skill_trials(args.task, ckpt_path, cand_path, jobs, workers=args.select_workers, device=args.device,
-                 progress=progress)
+    todo = []
+    for job in jobs:
+        i, step, _, _, seed = job
+        if (i, step, seed) in logged:
+            count(i, step, logged[(i, step, seed)])
+        else:
+            todo.append(job)
+    if len(todo) < len(jobs):
+        print(f"skill selection: {len(jobs) - len(todo)} trials resumed from {log_path}")
+    log = open(log_path, "a") if log_path else None
+
+    def progress(res):
+        i, step, seed, ok, _ = res
+        count(i, step, ok)
+        if log is not None:
+            log.write(json.dumps({"key": key, "stage": int(i), "step": int(step), "seed": int(seed),
+                                  "ok": bool(ok)}) + "\n")
+            log.flush()
+
+    try:
+        skill_trials(args.task, ckpt_path, cand_path, todo, workers=args.select_workers, device=args.device,
+                     progress=progress)
+    finally:
+        if log is not None:
+            log.close()
     bar.close()
     selection = []
     for i, snaps in enumerate(snapshots):
@@ -686,6 +721,8 @@ def main(argv=None) -> dict:
         raise SystemExit("error: --select-trials needs held-out demos to start its rollouts from; "
                          "use --val-fraction > 0 or --select-trials 0")
     progress_dir = os.path.join(out_dir, "hsp_progress")  # one file per trained network: resume
+    if args.fresh:
+        shutil.rmtree(progress_dir, ignore_errors=True)
     run_key = progress_key(config, hp, args.data)
     kind_index = {"pose": 0, "skill": 1, "termination": 2}
     for i in range(n_stages):
@@ -721,7 +758,7 @@ def main(argv=None) -> dict:
             snapshots = skill_snapshots[i] if kind == "skill" and hp["select_trials"] > 0 else None
             path = os.path.join(progress_dir, f"{name}_{kind}.pt")
             key = f"{run_key}/{name}/{kind}/{steps}"
-            saved = None if args.fresh else load_progress(path, key)
+            saved = load_progress(path, key)
             if saved is not None:  # trained by an interrupted run of this configuration
                 models[i][kind].load_state_dict(saved["weights"])
                 h = json.loads(saved["history"])
@@ -749,8 +786,10 @@ def main(argv=None) -> dict:
                "termination": m["termination"].state_dict(), "success_prob": None} for m in models]
     save_checkpoint(ckpt_path, args.task, args.obs, config, normalizer.state_dict(), stages)
     if hp["select_trials"] > 0:
-        config["skill_selection"] = select_skills(args, ckpt_path, out_dir, data, val_demos, skill_snapshots,
-                                                  losses, stages, int(hp["select_trials"]))
+        config["skill_selection"] = select_skills(
+            args, ckpt_path, out_dir, data, val_demos, skill_snapshots, losses, stages, int(hp["select_trials"]),
+            log_path=os.path.join(progress_dir, "skill_trials.jsonl"),
+            key=f"{run_key}/{json.dumps(config['train']['steps'], sort_keys=True)}")
         for sel in config["skill_selection"]:  # report the validation metrics of the weights saved
             h = losses[sel["stage"]]["skill"]
             final[sel["stage"]]["skill"] = h["val_metrics"][h["step"].index(sel["chosen_step"])]

@@ -447,6 +447,8 @@ def skill_trials(task: str, ckpt_path: str, candidates_path: str, jobs: list, wo
                  device: str = "cpu", progress=None) -> list:
     """Run `jobs` (see _skill_trial) over `workers` processes; results in completion order."""
     out = []
+    if not jobs:
+        return out
     if workers <= 1:
         _skill_trials_init(task, ckpt_path, candidates_path, device)
         try:

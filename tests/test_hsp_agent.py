@@ -401,3 +401,32 @@ def test_skill_selection_saves_the_snapshot_with_most_successes(dataset, tmp_pat
         assert all(torch.equal(saved[k], v) for k, v in snaps[i][str(s["chosen_step"])].items())
         other = [k for k in steps if k != s["chosen_step"]][0]
         assert not all(torch.equal(saved[k], v) for k, v in snaps[i][str(other)].items())
+
+
+def test_an_interrupted_skill_selection_resumes_with_the_trials_it_has_not_run(dataset, tmp_path, monkeypatch):
+    import common.hsp as hsp
+    train = load_script("train_hsp", "02_train_hsp.py")
+    args = ["--task", TASK, "--data", dataset, "--out", str(tmp_path), "--steps", "20", "--eval-every", "10",
+            "--batch-size", "16", "--hidden", "32", "32", "--select-trials", "2", "--no-tqdm"]
+    real, ran = hsp.skill_trials, []
+
+    def interrupted_after_three(task, ckpt, cands, jobs, workers=1, device="cpu", progress=None):
+        def counted(res):
+            ran.append(res[:3])
+            progress(res)
+            if len(ran) == 3:
+                raise KeyboardInterrupt
+        return real(task, ckpt, cands, jobs, workers, device, counted)
+
+    monkeypatch.setattr(hsp, "skill_trials", interrupted_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args)
+    first, ran[:] = list(ran), []
+    monkeypatch.setattr(hsp, "skill_trials", lambda t, c, k, jobs, *a, **kw: (
+        ran.extend((j[0], j[1], j[4]) for j in jobs), real(t, c, k, jobs, *a, **kw))[1])
+    train.main(args)
+    sel = json.load(open(tmp_path / TASK / "hsp_skill_selection.json"))
+    n_trials = sum(c["trials"] for s in sel for c in s["candidates"])
+    assert n_trials == 2 * 2 * 2  # 2 stages x 2 snapshots (steps 10, 20) x 2 trials, all counted
+    assert len(ran) == n_trials - 3 and not set(first) & set(ran)  # the logged three were not rerun
+    assert not (tmp_path / TASK / "hsp_progress").exists()
