@@ -457,7 +457,7 @@ def train_net(desc, kind, net, loss_fn, train_rows, val_rows, steps, hp, rng, de
 
 # ------------------------------------------------------------------------------------------ selection
 def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, stages, n_trials,
-                  log_path=None, key="") -> list:
+                  log_path: str, key: str) -> list:
     """Choose each stage's skill among its snapshots (the validation evaluations of the second half
     of its training) by rollout success, and put the winner into `stages` (in place).
 
@@ -491,7 +491,7 @@ def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, 
     print(f"skill selection: {n_cand} snapshots x {n_trials} trials from {len(val_demos)} held-out demos' "
           f"skill starts ({len(jobs)} skill rollouts, {args.select_workers} workers)")
     wins, logged = {}, {}
-    if log_path and os.path.exists(log_path):
+    if os.path.exists(log_path):
         with open(log_path) as f:
             for line in f:
                 try:
@@ -516,22 +516,17 @@ def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, 
             todo.append(job)
     if len(todo) < len(jobs):
         print(f"skill selection: {len(jobs) - len(todo)} trials resumed from {log_path}")
-    log = open(log_path, "a") if log_path else None
-
-    def progress(res):
-        i, step, seed, ok, _ = res
-        count(i, step, ok)
-        if log is not None:
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a") as log:
+        def progress(res):
+            i, step, seed, ok, _ = res
+            count(i, step, ok)
             log.write(json.dumps({"key": key, "stage": int(i), "step": int(step), "seed": int(seed),
                                   "ok": bool(ok)}) + "\n")
             log.flush()
 
-    try:
         skill_trials(args.task, ckpt_path, cand_path, todo, workers=args.select_workers, device=args.device,
                      progress=progress)
-    finally:
-        if log is not None:
-            log.close()
     bar.close()
     selection = []
     for i, snaps in enumerate(snapshots):

@@ -46,7 +46,6 @@ from common.planner import CONNECT_POSTURES
 from common.presets import PAPER_TABLE1, POSE_NOISE_SIGMAS, eval_seed, get_preset
 
 
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="Threading_D2", help=f"one of: {', '.join(sorted(common.TASKS))}")

@@ -31,7 +31,9 @@ from common.presets import eval_seed  # noqa: E402  (06_evaluate.py's rollout se
 class TracingAgent(HSPAgent):
     """HSPAgent that records stage `traced`'s skill steps (pose in the reference frame, gripper)."""
 
-    traced = None
+    def __init__(self, *args, traced: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.traced = traced
 
     def begin_episode(self, seed):
         self.trace = []
@@ -75,10 +77,10 @@ def main():
     planner = Planner(env, mode="ompl", seed=args.seed)
     demos, _ = D.load_all(source, task=args.task)
     sources = D.SourceSegments(demos, env.stages)
-    TracingAgent.traced = args.stage
     rows = []
     for k in tqdm(range(args.rollouts), desc=f"trace stage {args.stage}"):
-        agent = TracingAgent(env, models, ck["config"], planner, variant_options("HSP-Priv"), sources)
+        agent = TracingAgent(env, models, ck["config"], planner, variant_options("HSP-Priv"), sources,
+                             traced=args.stage)
         res = agent.run_episode(eval_seed(args.seed, k), last_stage=args.stage)
         if not agent.trace:
             continue  # failed before the traced stage's skill

@@ -190,7 +190,7 @@ class KitTask(ManipulationEnv):
             controller_configs["body_parts"] = {"right": controller_configs["body_parts"]["right"]}
         self.fast_render = fast_render
         # Between policy steps, compute the arm's OSC torques without robosuite's per-substep
-        # plumbing: bit-identical torques, ~2-3x faster env steps on CPU (common/osc.py).
+        # plumbing: bit-identical torques, 1.4-2.4x faster env steps on CPU (common/osc.py).
         self.fast_control = fast_control
         self._fast_substep = None
         self._rest_z = {}

@@ -35,11 +35,9 @@ class FastArmSubstep:
         osc = self.osc
         self.ref_site = env.sim.model.site_name2id(osc.ref_name)
         self.center_site = env.sim.model.site_name2id(f"{osc.naming_prefix}{osc.part_name}_center")
-        self.qpos_index = np.asarray(osc.qpos_index)
-        self.qvel_index = np.asarray(osc.qvel_index)
-        self.actuators = np.asarray(robot._ref_actuators_indexes_dict[self.arm])
-        self.ctrl_low = env.sim.model.actuator_ctrlrange[self.actuators, 0].copy()
-        self.ctrl_high = env.sim.model.actuator_ctrlrange[self.actuators, 1].copy()
+        actuators = np.asarray(robot._ref_actuators_indexes_dict[self.arm])
+        self.ctrl_low = env.sim.model.actuator_ctrlrange[actuators, 0].copy()
+        self.ctrl_high = env.sim.model.actuator_ctrlrange[actuators, 1].copy()
         nv = self.model.nv
         self.jacp, self.jacr = np.zeros((3, nv)), np.zeros((3, nv))
         self.center_jacp, self.center_jacr = np.zeros((3, nv)), np.zeros((3, nv))
@@ -50,9 +48,9 @@ class FastArmSubstep:
         self.qM, self.qfrc_bias, self.ctrl = d.qM, d.qfrc_bias, d.ctrl
         # the arm's joints and actuators are contiguous in the Panda model: slices select the same
         # elements as robosuite's index lists, without fancy-indexing copies
-        self.qpos_sel = _as_slice(self.qpos_index)
-        self.qvel_sel = _as_slice(self.qvel_index)
-        self.act_sel = _as_slice(self.actuators)
+        self.qpos_sel = _as_slice(osc.qpos_index)
+        self.qvel_sel = _as_slice(osc.qvel_index)
+        self.act_sel = _as_slice(actuators)
 
     def bound_to(self, env) -> bool:
         return env.robots[0].part_controllers.get(self.arm) is self.osc and env.sim.data._data is self.data

@@ -25,6 +25,7 @@ def eval_seed(seed: int, k: int) -> int:
     """Env seed of evaluation rollout k of a run with --seed `seed` (06_evaluate.py, bench/)."""
     return EVAL_SEED_BASE + seed * 100003 + k
 
+
 # DrQ-v2 hyper-parameters, Tab. V of the paper plus those it inherits from Yarats et al. 2021.
 DRQV2 = dict(
     lr=1e-4, gamma=0.99, batch_size=256, nstep=3, action_repeat=1, num_seed_frames=4000,
