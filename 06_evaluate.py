@@ -72,9 +72,10 @@ def parse_args(argv=None):
     p.add_argument("--finish-skill", default=None, choices=["on", "off"],
                    help="override: after T fires, run the skill for the data's post-termination steps "
                         "(default on; off: stop the skill when T fires)")
-    p.add_argument("--source-select", default=None, choices=["task", "random", "nearest"],
+    p.add_argument("--source-select", default=None, choices=["task", "random", "nearest", "wrist"],
                    help="override I^Priv's source demo choice (default task: as 01_generate.py chose "
-                        "sources for the task, random except CoffeePreparation's nearest)")
+                        "sources for the task, random except CoffeePreparation's nearest; wrist: per stage, one "
+                        "of the 3 sources whose pose turns the gripper least)")
     p.add_argument("--stage", type=int, default=None,
                    help="pose-noise: the stage whose skill is measured, from 0 (default: 1, Nut Assembly's "
                         "second stage as in Fig. 3)")

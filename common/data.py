@@ -51,15 +51,23 @@ class SourceSegments:
                                      ref=poses[st.reference_object][a], index=k))
             self.segments.append(per_demo)
 
-    def choose(self, stage: int, ref_now: np.ndarray, select: str, rng) -> int:
-        """Index of a source demo for `stage`: random, or random among the 3 nearest in the pose of
-        the stage's reference object (MimicGen's nearest_neighbor_object, nn_k = 3)."""
+    def choose(self, stage: int, ref_now: np.ndarray, select: str, rng, eef_now: np.ndarray | None = None) -> int:
+        """Index of a source demo for `stage`: random, or random among the 3 nearest (MimicGen's
+        nn_k = 3) in the pose of the stage's reference object ("nearest", MimicGen's
+        nearest_neighbor_object) or in the gripper turn from `eef_now` to the source's initiation
+        pose carried to the reference object's pose now ("wrist")."""
         segs = self.segments[stage]
         if select == "nearest":
             now = P.mat_to_pose7(ref_now)
             dist = [P.pose_distance(P.mat_to_pose7(s["ref"]), now) for s in segs]
-            return int(np.argsort(dist)[:3][rng.integers(min(3, len(segs)))])
-        return int(rng.integers(len(segs)))
+        elif select == "wrist":
+            if eef_now is None:
+                raise ValueError('source selection "wrist" needs the current end-effector pose (eef_now)')
+            dist = [P.rotation_angle(P.transform_to_new_frame(s["eef"][0], s["ref"], ref_now)[:3, :3], eef_now[:3, :3])
+                    for s in segs]
+        else:
+            return int(rng.integers(len(segs)))
+        return int(np.argsort(dist, kind="stable")[:3][rng.integers(min(3, len(segs)))])
 
 
 # ------------------------------------------------------------------------------------------ recording

@@ -47,7 +47,11 @@ class AgentOptions:
     action_noise: float = 0.0  # Gaussian σ on the skill's 6 pose-action dimensions
     # I^Priv's source demo: "random", "nearest" (MimicGen's nearest_neighbor_object), or "task":
     # the way 01_generate.py chose sources for this task (its datagen_select), so that the
-    # teacher's initiation poses come from the distribution the skills were trained on.
+    # teacher's initiation poses come from the distribution the skills were trained on; chosen once
+    # per episode. "wrist": chosen again at every stage, among the 3 sources whose initiation pose
+    # (carried to the reference object now) turns the gripper least from where it is. Coffee's
+    # source demos insert the pod with the gripper at two yaws π apart; a source with the other
+    # yaw makes the connect turn the wrist half round, and such connects stall (see README).
     source_select: str = "task"
     skill_budget_factor: float = SKILL_BUDGET_FACTOR
     # How π_θi's GMM gives an action: "component" = robomimic's low-noise evaluation (sample the
@@ -64,7 +68,7 @@ class AgentOptions:
     def __post_init__(self):
         checks = (("pose", self.pose, ("learned", "privileged")),
                   ("termination", self.termination, ("oracle", "learned")),
-                  ("source_select", self.source_select, ("task", "random", "nearest")),
+                  ("source_select", self.source_select, ("task", "random", "nearest", "wrist")),
                   ("skill_action", self.skill_action, ("component", "mode", "sample")))
         for name, value, allowed in checks:
             if value not in allowed:
@@ -238,14 +242,14 @@ class HSPAgent:
             self.history.push(self.obs)
         self.result.steps += 1
 
-    def _choose_source(self):
+    def _choose_source(self, i: int = 0):
         if self.sources is None:
             return None
-        ref0 = self.raw.object_pose(self.env.stages[0].reference_object)
+        ref = self.raw.object_pose(self.env.stages[i].reference_object)
         select = self.options.source_select
         if select == "task":
             select = type(self.raw).datagen_select
-        return self.sources.choose(0, ref0, select, self.rng)
+        return self.sources.choose(i, ref, select, self.rng, eef_now=self.raw.eef_pose())
 
     # ---------------------------------------------------------------- Algorithm 1
     def run_episode(self, seed: int, last_stage: int | None = None) -> EpisodeResult:
@@ -308,6 +312,8 @@ class HSPAgent:
         noisy = opt.pose_noise > 0 and (opt.pose_noise_stages is None or i in opt.pose_noise_stages)
         self.pose_offset = self.rng.normal(0.0, opt.pose_noise, 6) if noisy else None  # App. E-A
         self.pose_turn = 0.0
+        if opt.source_select == "wrist" and i > 0:  # per stage, from where the last skill left the gripper
+            self.source_index = self._choose_source(i)
 
     def _connect(self, i: int) -> bool:
         """Alg. 1 lines 5-12: plan to the predicted initiation pose, track it, replan on the way."""

@@ -81,6 +81,41 @@ def test_teacher_chooses_its_source_demo_as_generation_did(setup, monkeypatch):
     assert len(picks["random"] - {0, 1, 2}) >= 1
 
 
+def test_wrist_teacher_chooses_per_stage_the_sources_that_turn_the_gripper_least(setup):
+    """source_select "wrist": at every stage, one of the 3 sources whose initiation pose (carried to
+    the reference object now) is the smallest gripper turn from the current end-effector pose;
+    sources half a turn away (Coffee's pod insertion at the other gripper yaw) are never taken."""
+    import copy
+    env, ck, models, planner, sources = setup
+    six = copy.copy(sources)
+    six.segments = list(sources.segments)
+    base = sources.segments[1][0]
+    yaws = np.radians([0, 180, 20, 170, 40, 150])  # about the world z axis, applied to the source pose
+    six.segments[1] = []
+    for yaw in yaws:
+        eef = base["eef"].copy()
+        turn = np.eye(4)
+        turn[:3, :3] = P.axisangle_to_mat(np.array([0.0, 0.0, yaw]))
+        eef[0] = eef[0] @ turn  # the gripper turned about its own z (approach) axis
+        six.segments[1].append(dict(base, eef=eef))
+    picks = set()
+    for seed in range(10):
+        agent = HSPAgent(env, models, ck["config"], planner, AgentOptions(pose="privileged", source_select="wrist"), six)
+        agent.begin_episode(seed=seed)
+        ref_now = env.raw.object_pose(env.stages[1].reference_object)
+        turned = [P.rotation_angle(P.transform_to_new_frame(s["eef"][0], s["ref"], ref_now)[:3, :3],
+                                   env.raw.eef_pose()[:3, :3]) for s in six.segments[1]]
+        agent.begin_stage(1)
+        nearest3 = set(np.argsort(turned)[:3].tolist())
+        assert agent.source_index in nearest3
+        picks.add(agent.source_index)
+    # the three yaws near each other win together, the three half a turn away never
+    assert nearest3 in ({0, 2, 4}, {1, 3, 5})
+    assert len(picks) >= 2
+    with pytest.raises(ValueError, match="eef_now"):
+        six.choose(1, np.eye(4), "wrist", np.random.default_rng(0))
+
+
 def test_gripper_conventions_of_the_data_are_kept_at_deployment(setup, dataset):
     """The checkpoint records the data's gripper commands and each stage's connect-phase command;
     the agent snaps π_θi's gripper output to those commands (robosuite moves the fingers by the
