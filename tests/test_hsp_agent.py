@@ -90,7 +90,7 @@ def test_wrist_teacher_chooses_per_stage_the_sources_that_turn_the_gripper_least
     six = copy.copy(sources)
     six.segments = list(sources.segments)
     base = sources.segments[1][0]
-    yaws = np.radians([0, 180, 20, 170, 40, 150])  # about the world z axis, applied to the source pose
+    yaws = np.radians([0, 180, 20, 170, 40, 150])  # turns of the source pose about the gripper's own z axis
     six.segments[1] = []
     for yaw in yaws:
         eef = base["eef"].copy()
