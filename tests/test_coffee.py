@@ -62,7 +62,7 @@ def test_success_check_geometry(env):
     assert not env.success()
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 1])  # machine yaws 204° and 122°: either side of 180°
 def test_scripted_demo_succeeds(env, seed):
     d = C.scripted_demo(env, seed, np.random.default_rng(seed), record=True)
     assert d.failed is None and env.success()
@@ -70,3 +70,9 @@ def test_scripted_demo_succeeds(env, seed):
     stages = np.asarray(rec.rows["stage"])
     assert set(stages.tolist()) == {0, 1} and len(rec) <= env.raw.eval_horizon
     assert np.asarray(rec.rows["stage_done"])[:, 0].any()
+    # The insertion starts at one gripper yaw in the machine's frame, whichever way the machine
+    # turns: source demos half a turn apart would teach generated data two initiation poses.
+    start = rec.skill_bounds[1, 0]
+    eef, machine = rec.rows["eef_pose"][start], rec.object_poses["machine"][start]
+    closing_axis_yaw = C._yaw_of(np.linalg.inv(machine) @ eef)  # fingers close along the grip x axis
+    assert abs(np.rad2deg(closing_axis_yaw)) < 10.0, np.rad2deg(closing_axis_yaw)

@@ -21,7 +21,7 @@ import numpy as np
 from .. import pose as P
 from ..data import PHASE_CONNECT, PHASE_SKILL
 from ..env import KitTask, Stage, box_geom, register_task, xml_object
-from ..scripted import GRIPPER_CLOSED, GRIPPER_OPEN, Demonstrator, top_down, wrap_yaw_near
+from ..scripted import GRIPPER_CLOSED, GRIPPER_OPEN, Demonstrator, top_down
 
 DEG = np.pi / 180
 
@@ -222,8 +222,12 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
     M = raw.object_pose("machine")
     mach = lambda local: (M @ np.append(np.asarray(local, float), 1.0))[:3]  # noqa: E731
     # Fingers close along machine x (the hand's long axis then lies across the holder, clear of
-    # the body and of the open lid); top_down(yaw) closes along yaw + 90°.
-    yaw = wrap_yaw_near(_yaw_of(M) - np.pi / 2, ref=_yaw_of(raw.eef_pose()) - np.pi / 2)
+    # the body and of the open lid); top_down(yaw) closes along yaw + 90°. Always the same one of
+    # the two such yaws in the machine frame: the D2 range puts it at [30°, 120°] in the world, in
+    # the middle of the wrist's range. (Taking the one nearer the start pose flipped by 180° for
+    # machines turned past 180°; the generated data then held few of those source poses, and the
+    # privileged teacher's flipped initiation poses failed 34 % of rollouts against 9 %.)
+    yaw = _yaw_of(M) - np.pi / 2
     R = top_down(yaw)
     # The pod is round: grasp it with the hand turned ~40° from the start pose (the arm's natural
     # turn toward the pod region; the long hand then stays clear of the machine's front, and a
