@@ -131,6 +131,7 @@ class EpisodeResult:
     planner_failures: int = 0
     connect_timeouts: int = 0
     teacher_fallbacks: int = 0  # I^Priv switched to another source demo whose pose was reachable
+    teacher_sources: list = field(default_factory=list)  # I^Priv's source demo per attempted stage
     pose_twins: int = 0  # I_θi's pose was unreachable and its symmetry twin was taken (pose_symmetry)
     steps: int = 0
     failure: str | None = None  # why the episode ended unsuccessfully
@@ -335,6 +336,8 @@ class HSPAgent:
                     self.source_index, target = int(k), cand
                     r.teacher_fallbacks += 1
                     break
+        if opt.pose == "privileged":
+            r.teacher_sources.append(int(self.source_index))
         if not plan.success and opt.pose == "learned" and self.pose_symmetry[i] is not None:
             # I_θi was trained on labels folded onto one grasp (or placement) of each symmetric
             # set, and for some object yaws that one is beyond the wrist's reach while its twin
@@ -504,6 +507,18 @@ def summarize(results: list[dict], n_stages: int) -> dict:
                               reached_rate=len(ok) / n if n else None))
         steps = [x["skill_steps"][i] for x in attempted if len(x["skill_steps"]) > i]
         skill_steps.append(float(np.mean(steps)) if steps else None)
+    # Per stage, how often each of I^Priv's source demos led to the stage's success: a source
+    # the generated data holds few of shows here (privileged variants only).
+    by_source = []
+    for i in range(n_stages):
+        counts: dict[int, list] = {}
+        for x in results:
+            sources = x.get("teacher_sources") or []
+            if len(sources) > i:
+                c = counts.setdefault(int(sources[i]), [0, 0])
+                c[0] += 1
+                c[1] += int(len(x["stage_success"]) > i and bool(x["stage_success"][i]))
+        by_source.append({str(k): dict(attempted=a, succeeded=ok) for k, (a, ok) in sorted(counts.items())})
     failures: dict[str, int] = {}
     for x in results:
         if x["failure"]:
@@ -518,6 +533,7 @@ def summarize(results: list[dict], n_stages: int) -> dict:
         connect_timeouts=int(sum(x["connect_timeouts"] for x in results)),
         teacher_fallbacks=int(sum(x.get("teacher_fallbacks", 0) for x in results)),
         pose_twins=int(sum(x.get("pose_twins", 0) for x in results)),
+        **(dict(teacher_source_success=by_source) if any(by_source) else {}),
         failures=dict(sorted(failures.items(), key=lambda kv: -kv[1])),
         seeds=[int(x["seed"]) for x in results],
     )

@@ -308,6 +308,7 @@ def test_privileged_agent_with_replayed_skill_succeeds(setup):
         ok.append(r.success)
         if r.success:
             assert r.stage_success == [True, True] and r.planner_failures == 0
+        assert len(r.teacher_sources) == r.stages_attempted and r.teacher_sources[-1] == agent.source_index
     assert sum(ok) >= 2, ok
 
 
@@ -336,6 +337,12 @@ def test_summary_counts_stages_among_rollouts_that_reached_them():
     assert [st["rate"] for st in s["stage_success"]] == [pytest.approx(2 / 3), pytest.approx(1 / 2)]
     assert s["mean_skill_steps"] == [pytest.approx(52 / 3), pytest.approx(30)]
     assert s["failures"] == {"stage 1: skill did not terminate": 1, "stage 0: skill did not terminate": 1}
+    assert "teacher_source_success" not in s  # learned poses: no teacher
+    for x, sources in zip(res, ([3, 3], [3, 3], [5])):
+        x["teacher_sources"] = sources
+    s = summarize(res, 2)
+    assert s["teacher_source_success"] == [{"3": dict(attempted=2, succeeded=2), "5": dict(attempted=1, succeeded=0)},
+                                           {"3": dict(attempted=2, succeeded=1)}]
 
 
 def test_evaluate_writes_tables_and_resumes(trained, dataset, tmp_path):
