@@ -49,9 +49,10 @@ class AgentOptions:
     # the way 01_generate.py chose sources for this task (its datagen_select), so that the
     # teacher's initiation poses come from the distribution the skills were trained on; chosen once
     # per episode. "wrist": chosen again at every stage, among the 3 sources whose initiation pose
-    # (carried to the reference object now) turns the gripper least from where it is. Coffee's
-    # source demos insert the pod with the gripper at two yaws π apart; a source with the other
-    # yaw makes the connect turn the wrist half round, and such connects stall (see README).
+    # (carried to the reference object now) turns the gripper least from where it is: for source
+    # demos that reach a stage at different gripper yaws (Coffee's did, π apart, before its
+    # demonstrator was fixed), a source at the far yaw makes the connect turn the wrist half round,
+    # and such connects stall (see README).
     source_select: str = "task"
     skill_budget_factor: float = SKILL_BUDGET_FACTOR
     # How π_θi's GMM gives an action: "component" = robomimic's low-noise evaluation (sample the
