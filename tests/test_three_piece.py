@@ -47,11 +47,37 @@ def test_reset_in_ranges_and_no_stage_done(env):
         assert not env.stage_done().any()
 
 
-def test_scripted_demo_succeeds(env):
-    d = scripted_demo(env, 0, np.random.default_rng(0), record=False)
+def _closing_yaws_in_references(env, d) -> list[float]:
+    """Finger-closing direction (the grip x axis) at each skill's start, in degrees in the stage's
+    reference frame."""
+    yaws = []
+    for i, stage in enumerate(env.stages):
+        start = d.rec.skill_bounds[i, 0]
+        ref = d.rec.object_poses[stage.reference_object][start]
+        rel = np.linalg.inv(ref) @ d.rec.rows["eef_pose"][start]
+        yaws.append(float(np.rad2deg(np.arctan2(rel[1, 0], rel[0, 0]))))
+    return yaws
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_scripted_demo_succeeds_with_one_yaw_per_skill(env, seed):
+    """The demo succeeds, and each skill starts at one gripper yaw in its reference's frame: fin
+    and knob grasped along the piece's +x, piece 1 inserted with the fingers along the base's y,
+    piece 2 put on at piece 1's yaw.
+
+    The demonstrator used to take the symmetric turn nearest the wrist, so its source demos grasped
+    the knob from three sides and inserted piece 1 at three turns about the base (seed 0: knob at
+    +90°, piece 2 put on at -90°; seed 5: piece 1 inserted at 0°, knob at -89°): the generated data
+    then taught each skill several initiation poses.
+    """
+    d = scripted_demo(env, seed, np.random.default_rng(seed), record=True)
     assert d.failed is None
     assert env.success()
     assert env.stage_done()[1]  # piece 1 still seated in the base
+    want = [0.0, 90.0, 0.0, 0.0]
+    got = _closing_yaws_in_references(env, d)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert abs((g - w + 180) % 360 - 180) < 10.0, f"stage {i}: closing yaw {g:.1f}° in its reference, want {w}°"
 
 
 def test_scripted_insertions_only_go_down(env):

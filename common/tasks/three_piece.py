@@ -90,9 +90,10 @@ class ThreePieceAssembly_D2(KitTask):
         "piece_1": dict(x=(-0.22, 0.22), y=(-0.22, 0.22), yaw=(0.0, 180 * DEG), z_offset=0.001),
         "piece_2": dict(x=(-0.22, 0.22), y=(-0.22, 0.22), yaw=(0.0, 180 * DEG), z_offset=0.001),
     }
-    grasp_yaw_period = {2: np.pi / 2}  # piece 2's square knob; the scripted demos grasp it from any side
-    # piece 1's square plate fits the base's square hole every 90° (TASKS.md §2, Fit); the source
-    # demos insert it at the turn nearest their wrist, so the labels sit at 0°/90°/180° about the base
+    # Piece 2's square knob can be grasped from any side, and piece 1's square plate fits the base's
+    # square hole every 90° (TASKS.md §2, Fit). Our scripted demos use one side and one turn, but
+    # user-supplied source demos need not: 02_train_hsp.py folds their labels with these periods.
+    grasp_yaw_period = {2: np.pi / 2}
     place_yaw_period = {1: np.pi / 2}
     stages = (
         Stage("grasp_piece_1", "piece_1", "piece_1_grasped", "grasp piece 1 by its fin and lift it"),
@@ -156,6 +157,8 @@ FAR_TILT = (0.66, 0.80)  # radial distance from the robot base where the outward
 NEAR_TILT = (0.50, 0.38)  # ... where the inward tilt starts / is full (-NEAR_TILT_MAX)
 NEAR_TILT_MAX = 15 * DEG
 IN_PLANE_TILT_MAX = 8 * DEG
+P1_CLOSING_IN_BASE = np.pi / 2  # finger-closing direction in the reference's frame at each insertion
+P2_CLOSING_IN_P1 = 0.0
 
 
 def _robot_xy(raw) -> np.ndarray:
@@ -204,36 +207,32 @@ def _wrap(a: float) -> float:
     return float((a + np.pi) % (2 * np.pi) - np.pi)
 
 
-def _place_yaw(ref_yaw: float, grip_yaw: float, period: float, phi_now: float) -> float:
-    """Symmetric placement yaw (ref yaw + k·period) for a held object.
+def _place_yaw(ref_yaw: float, grip_yaw: float, period: float, closing_in_ref: float) -> float:
+    """Symmetric placement yaw (ref yaw + k·period) for a held object, at one convention.
 
-    `grip_yaw` is the finger-closing direction minus the object yaw, `phi_now` the current closing
-    direction. Among the yaws that keep the closing direction within 90° of the start's (π/2, world
-    y: the wrist's comfortable range) it takes the one needing the smallest wrist turn."""
-    best, best_turn = None, np.inf
-    for k in range(-4, 5):
-        yaw = ref_yaw + k * period
-        phi = yaw + grip_yaw
-        if abs(_wrap(phi - np.pi / 2)) > np.pi / 2 + 1e-6:
-            continue
-        turn = abs(_wrap(phi - phi_now))
-        if turn < best_turn:
-            best, best_turn = yaw, turn
-    return best
+    `grip_yaw` is the finger-closing direction minus the object yaw. Of the placements the symmetry
+    allows, it takes the one whose closing direction in the reference's frame is nearest
+    `closing_in_ref`, whatever the wrist's yaw now: source demos that insert at different turns
+    about the reference teach the generated data several initiation poses for one skill (Coffee's
+    two pod yaws cost 11 points of HSP-Priv)."""
+    k = np.round(_wrap(closing_in_ref - grip_yaw) / period)
+    return ref_yaw + k * period
 
 
-def _pick(d: Demonstrator, raw, stage: int, name: str, grasp_local, half_z: float, yaw_period: float,
-          carry_bottom_z: float, ref: str, place_period: float, rng) -> bool:
+def _pick(d: Demonstrator, raw, stage: int, name: str, grasp_local, half_z: float, carry_bottom_z: float,
+          ref: str, place_period: float, closing_in_ref: float, rng) -> bool:
     """Connect above `name`, then the skill: descend, close on the grasp point, lift clear of the scene."""
     obj = raw.object_pose(name)
     point = (obj @ np.append(grasp_local + [0, rng.uniform(-0.003, 0.003), 0], 1.0))[:3]
-    # Fingers close along the object's local x (across the fin / the knob); symmetric grasps are
-    # wrapped next to the start's closing direction (world y) so the wrist never turns far.
-    closing = wrap_yaw_near(_yaw(obj), ref=np.pi / 2, period=yaw_period)
+    # Fingers close along the object's local +x (across the fin / the knob), never its -x or (knob)
+    # its y: one grasp per skill in the object's frame, so that generated demos share it. The
+    # pieces lie at yaw 0°..180° (TASKS.md §2), so the closing direction stays within 90° of the
+    # start's (world y) and the wrist's comfortable range.
+    closing = wrap_yaw_near(_yaw(obj), ref=np.pi / 2, period=2 * np.pi)
     # The grasp may lean (fixed in the object frame) so that both the pick and the later place
     # (on `ref`, with the yaw _place will choose) keep the arm away from its awkward postures.
     ref_T = raw.object_pose(ref)
-    place_yaw = _place_yaw(_yaw(ref_T), closing - _yaw(obj), place_period, closing)
+    place_yaw = _place_yaw(_yaw(ref_T), closing - _yaw(obj), place_period, closing_in_ref)
     R = _grasp_tilt(raw, point[:2], _yaw(obj), ref_T[:2, 3], place_yaw) @ _closing_along(closing)
     above = P.make_pose(point + [0, 0, rng.uniform(0.07, 0.09)], R)
     grasp = P.make_pose(point + [0, 0, rng.uniform(-0.003, 0.002)], R)
@@ -282,19 +281,19 @@ def _servo(d: Demonstrator, raw, target_fn, max_steps: int, speed: float, until=
 
 
 def _place(d: Demonstrator, raw, stage: int, name: str, ref: str, half_z: float, yaw_period: float,
-           seat_offset: float, engage: float, carry_bottom_z: float, rng, done) -> bool:
+           closing_in_ref: float, seat_offset: float, engage: float, carry_bottom_z: float, rng, done) -> bool:
     """Connect: carry `name` above `ref` (high, then down to a hover pose) with a matching yaw;
     skill: lower it closed-loop, release, retreat.
 
-    The target keeps `name` centred on `ref` (xy) with yaw = ref yaw + k·yaw_period (k chosen for
-    the smallest wrist turn) and its centre `seat_offset` above ref's centre when seated. Below
+    The target keeps `name` centred on `ref` (xy) with yaw = ref yaw + k·yaw_period (k chosen so the
+    fingers close along `closing_in_ref` in ref's frame) and its centre `seat_offset` above ref's centre when seated. Below
     `engage` above the seated height the piece is inside the hole / around the fin.
     """
     ref_T = raw.object_pose(ref)
     obj = raw.object_pose(name)
     grip = P.pose_inv(obj) @ raw.eef_pose()
     grip_yaw = float(np.arctan2(grip[1, 0], grip[0, 0]))  # finger-closing direction in the object frame
-    target_yaw = _place_yaw(_yaw(ref_T), grip_yaw, yaw_period, _yaw(raw.eef_pose()))
+    target_yaw = _place_yaw(_yaw(ref_T), grip_yaw, yaw_period, closing_in_ref)
 
     def obj_target(dz=None, z=None):
         r = raw.object_pose(ref)
@@ -357,12 +356,15 @@ def scripted_demo(env, seed: int, rng: np.random.Generator, record: bool = True)
     poses = raw.object_poses()
     clear = _segment_distance(poses["piece_2"][:2, 3], poses["piece_1"][:2, 3], poses["base"][:2, 3])
     p1_carry = LOW_CARRY_BOTTOM_Z if clear > 0.18 else HIGH_CARRY_BOTTOM_Z
-    _pick(d, raw, 0, "piece_1", FIN_GRASP_LOCAL, h1, np.pi, p1_carry, "base", np.pi / 2, rng)
-    _place(d, raw, 1, "piece_1", "base", h1, np.pi / 2, p1_on_base, 2 * BASE_UNIT, p1_carry, rng,
-           raw.piece_1_assembled)
-    _pick(d, raw, 2, "piece_2", KNOB_GRASP_LOCAL, h2, np.pi / 2, P2_CARRY_BOTTOM_Z, "piece_1", np.pi, rng)
-    _place(d, raw, 3, "piece_2", "piece_1", h2, np.pi, p2_on_p1, 4 * PIECE_1_UNIT, P2_CARRY_BOTTOM_Z, rng,
-           raw._check_success)
+    # One convention per skill (see _pick and _place_yaw). Piece 1 goes in with the fingers closing
+    # along the base's local y, so that it sits at +90° in the base (world closing 45°..135° over the
+    # base's ±45°); piece 2 then goes on at piece 1's own yaw (the fingers close along both pieces' x).
+    _pick(d, raw, 0, "piece_1", FIN_GRASP_LOCAL, h1, p1_carry, "base", np.pi / 2, P1_CLOSING_IN_BASE, rng)
+    _place(d, raw, 1, "piece_1", "base", h1, np.pi / 2, P1_CLOSING_IN_BASE, p1_on_base, 2 * BASE_UNIT, p1_carry,
+           rng, raw.piece_1_assembled)
+    _pick(d, raw, 2, "piece_2", KNOB_GRASP_LOCAL, h2, P2_CARRY_BOTTOM_Z, "piece_1", np.pi, P2_CLOSING_IN_P1, rng)
+    _place(d, raw, 3, "piece_2", "piece_1", h2, np.pi, P2_CLOSING_IN_P1, p2_on_p1, 4 * PIECE_1_UNIT,
+           P2_CARRY_BOTTOM_Z, rng, raw._check_success)
     d.hold(3)
     if not d.failed and not raw._check_success():
         d.failed = "stage 3: task not successful at the end"
