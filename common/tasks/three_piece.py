@@ -286,8 +286,9 @@ def _place(d: Demonstrator, raw, stage: int, name: str, ref: str, half_z: float,
     skill: lower it closed-loop, release, retreat.
 
     The target keeps `name` centred on `ref` (xy) with yaw = ref yaw + k·yaw_period (k chosen so the
-    fingers close along `closing_in_ref` in ref's frame) and its centre `seat_offset` above ref's centre when seated. Below
-    `engage` above the seated height the piece is inside the hole / around the fin.
+    fingers close along `closing_in_ref` in ref's frame) and its centre `seat_offset` above ref's
+    centre when seated. Below `engage` above the seated height the piece is inside the hole /
+    around the fin.
     """
     ref_T = raw.object_pose(ref)
     obj = raw.object_pose(name)
