@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import common
-from common.tasks.three_piece import ThreePieceAssembly_D2, scripted_demo
+from common.tasks.three_piece import ThreePieceAssembly_D2, _yaw, scripted_demo
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def _closing_yaws_in_references(env, d) -> list[float]:
         start = d.rec.skill_bounds[i, 0]
         ref = d.rec.object_poses[stage.reference_object][start]
         rel = np.linalg.inv(ref) @ d.rec.rows["eef_pose"][start]
-        yaws.append(float(np.rad2deg(np.arctan2(rel[1, 0], rel[0, 0]))))
+        yaws.append(float(np.rad2deg(_yaw(rel))))
     return yaws
 
 
