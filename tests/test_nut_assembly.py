@@ -47,6 +47,25 @@ def test_scripted_demo_succeeds(env):
     assert env.stage_done()[[1, 3]].all()
 
 
+@pytest.mark.parametrize("seed", [1, 6])
+def test_scripted_grasps_close_low_on_the_handle(env, seed):
+    """The fingers close with the grip site at most 4 mm above the nut's centre plane, so the
+    pads (which reach 4.5 mm below it) cover more than half of the 20 mm handle; the old
+    demonstrator closed at +5.6 (seed 1) and +8.6 mm (seed 6), where learned grasps that closed a
+    little higher still slid off."""
+    d = scripted_demo(env, seed, np.random.default_rng(seed), record=True)
+    assert d.failed is None and env.success()
+    demo = d.rec.to_demo()
+    eef, act = demo["datagen_info"]["eef_pose"], demo["actions"]
+    for stage, name in ((0, "square_nut"), (2, "round_nut")):
+        s0, s1 = demo["skill_bounds"][stage]
+        close = s0 + int(np.argmax(act[s0:s1, 6] > 0))
+        assert act[close, 6] > 0 and close > s0  # it descends open, then closes
+        nut = demo["datagen_info"]["object_poses"][name][close]
+        height = (np.linalg.inv(nut) @ eef[close])[2, 3]
+        assert -0.004 < height < 0.004, (name, height)
+
+
 def test_wait_until_still_lets_the_nuts_land_before_poses_are_read(env):
     """The nuts spawn in the air; generation and deployment wait for them before reading the
     reference poses that I^Priv and the Sec. III-B transforms use."""

@@ -175,6 +175,13 @@ class NutAssembly_D2(KitTask):
 # the azimuth of the target seen from the robot base (joint 1 turns the whole range). Measured.
 GRIP_YAW_RANGE = (-1.75, 3.25)
 BASE_XY = np.array([-0.56, 0.0])
+# Grip-site height above the nut's centre plane where the fingers close. The finger pads reach
+# 4.5 mm below the grip site and the handle is 20 mm tall (+-10 mm about that plane). Aiming at
+# +2..5 mm (the fingers then closed at +6 mm on average, up to +10 mm) the pads held only the
+# handle's top 4-12 mm, and learned grasps that closed a few mm higher slid off it as they lifted.
+# Aiming at -2..0 mm they close at -1..+3.5 mm: the pads cover 11-15 mm of the handle and stay
+# 4-9 mm above the table (30 seeds, README "NutAssembly").
+GRASP_Z = (-0.002, 0.0)
 CARRY_Z = 1.02  # nut centre height while carrying: nut bottom ~6 cm above the peg tops (0.95)
 
 
@@ -298,7 +305,7 @@ def _one_nut(d: Demonstrator, raw, name: str, stage: int, rng) -> None:
                rot_tol=0.2 if i < n else 0.1)
     d.move(grasp_pose(z_above), max_steps=60, speed=0.6)  # refine on the settled nut
     d.label(stage, PHASE_SKILL)
-    grasp = grasp_pose(rng.uniform(0.002, 0.005))
+    grasp = grasp_pose(rng.uniform(*GRASP_Z))
     d.move(grasp, speed=0.4, max_steps=80)
     d.actuate(GRIPPER_CLOSED, steps=10)
     lift = grasp.copy()
