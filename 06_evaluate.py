@@ -76,6 +76,9 @@ def parse_args(argv=None):
                    help="override I^Priv's source demo choice (default task: as 01_generate.py chose "
                         "sources for the task, random except CoffeePreparation's nearest; wrist: per stage, one "
                         "of the 3 sources whose pose turns the gripper least)")
+    p.add_argument("--arm-room", type=float, default=None,
+                   help="override: joint-limit room (rad) a grasp's initiation pose must leave every arm "
+                        "joint before the agent takes an equivalent roomier pose (default 0.3; 0: off)")
     p.add_argument("--stage", type=int, default=None,
                    help="pose-noise: the stage whose skill is measured, from 0 (default: 1, Nut Assembly's "
                         "second stage as in Fig. 3)")
@@ -111,6 +114,8 @@ def make_jobs(args, n_stages: int) -> list[dict]:
         overrides["source_select"] = args.source_select
     if args.finish_skill is not None:
         overrides["finish_skill"] = args.finish_skill == "on"
+    if args.arm_room is not None:
+        overrides["arm_room"] = args.arm_room
     configs = []  # (label, variant, options, last_stage)
     if args.experiment == "table":
         for v in args.variants:

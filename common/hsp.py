@@ -32,6 +32,14 @@ from .nets import ObsHistory, obs_keys
 from .presets import REPLAN_THRESHOLD, SKILL_BUDGET_FACTOR, TERMINATION_THRESHOLD
 
 GRIPPER_OPEN = -1.0
+# A grasp skill that starts with a joint within this much (rad) of its limit often fails: in 100
+# NutAssembly HSP-Priv rollouts, the 20 square-nut grasps that began with joint 7 within 0.04 rad
+# of its limit (2.897) failed 10 times, the other 80 never. The OSC holding the hand's orientation
+# against the limit lets the fingertips drift 20-35 mm along the handle as they descend, onto the
+# nut's ring or past the handle's end. An empty parallel-jaw grasp has an equivalent pose with the
+# wrist half a turn away (and other source demos grasp at other yaws), so the agent takes the one
+# that leaves the arm more room (README, "Joint-limit room at the grasps").
+ARM_ROOM = 0.3
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -65,6 +73,9 @@ class AgentOptions:
     # did; the stage succeeds if T_i(s) still holds after them. Not after the last stage: as in
     # robomimic's rollouts, the episode is done once the task succeeds.
     finish_skill: bool = True
+    # Joint-limit room (rad) a grasp's initiation pose must leave every arm joint (see
+    # `_roomier_pose`); 0 turns the check off.
+    arm_room: float = ARM_ROOM
 
     def __post_init__(self):
         checks = (("pose", self.pose, ("learned", "privileged")),
@@ -134,6 +145,7 @@ class EpisodeResult:
     teacher_fallbacks: int = 0  # I^Priv switched to another source demo whose pose was reachable
     teacher_sources: list = field(default_factory=list)  # I^Priv's source demo per attempted stage
     pose_twins: int = 0  # I_θi's pose was unreachable and its symmetry twin was taken (pose_symmetry)
+    roomier_poses: int = 0  # a grasp's pose left a joint too near its limit; a roomier one was taken
     steps: int = 0
     failure: str | None = None  # why the episode ended unsuccessfully
 
@@ -322,6 +334,8 @@ class HSPAgent:
         r, opt = self.result, self.options
         target = self.predict_pose(i)
         held = self.env.held_object()
+        if held is None and opt.arm_room > 0:
+            target = self._roomier_pose(i, target)
         plan = self.planner.plan(self.env, P.pose7_to_mat(target), held=held)
         if not plan.success and opt.pose == "privileged":
             # The teacher knows every source demo: when the chosen one's pose is out of reach here
@@ -384,6 +398,54 @@ class HSPAgent:
             r.connect_timeouts += 1  # not within tolerance: the skill starts from where the arm is
         r.connect_steps.append(n)
         return True
+
+    def _arm_room(self, pose7) -> float:
+        """Room (rad) the nearest-to-limit arm joint has at the IK solution of `pose7` that starts
+        from the current joints (where the connect's OSC tracking ends up); -inf without one."""
+        q = self.planner.ik(P.pose7_to_mat(pose7), check_collision=False, max_solutions=1)
+        if q is None:
+            return -math.inf
+        return float(np.min(np.minimum(q - self.planner.q_lo, self.planner.q_hi - q)))
+
+    def _roomier_pose(self, i: int, target: np.ndarray) -> np.ndarray:
+        """Stage i starts with an empty gripper. When `target` leaves an arm joint less than
+        options.arm_room from its limit (see ARM_ROOM), take the equivalent pose that leaves the
+        most room: I^Priv, another source demo's initiation pose (the episode keeps that source for
+        the stages that carry the object, so grasp and placement stay one demo's); I_θi, the
+        symmetry twin of its pose (an empty gripper turned by π about its approach axis, as the
+        folded labels' other half in the data)."""
+        self.planner.sync(self.env)
+        room = self._arm_room(target)
+        if room >= self.options.arm_room:
+            return target
+        best = (room, None, target)
+        if self.options.pose == "privileged":
+            for k in range(len(self.sources.segments[i])):
+                if k == self.source_index:
+                    continue
+                cand = self.privileged_pose(i, k)
+                if self.pose_offset is not None:
+                    cand = P.apply_pose_offset(cand, self.pose_offset)
+                c_room = self._arm_room(cand)
+                if c_room > best[0]:
+                    best = (c_room, ("source", k), cand)
+        elif self.pose_symmetry[i] is not None:
+            for angle in P.symmetry_turns(self.pose_symmetry[i][0])[1:]:
+                self.pose_turn = float(angle)
+                cand = self.predict_pose(i)
+                c_room = self._arm_room(cand)
+                if c_room > best[0]:
+                    best = (c_room, ("turn", float(angle)), cand)
+            self.pose_turn = 0.0
+        if best[1] is None:
+            return target
+        kind, value = best[1]
+        if kind == "source":
+            self.source_index = value
+        else:
+            self.pose_turn = value  # kept for the stage, so that replanning predicts on the twin
+        self.result.roomier_poses += 1
+        return best[2]
 
     def _skill(self, i: int) -> bool:
         """Alg. 1 lines 13-16: run π_θi until T (oracle or learned) says the stage is done."""
@@ -534,6 +596,7 @@ def summarize(results: list[dict], n_stages: int) -> dict:
         connect_timeouts=int(sum(x["connect_timeouts"] for x in results)),
         teacher_fallbacks=int(sum(x.get("teacher_fallbacks", 0) for x in results)),
         pose_twins=int(sum(x.get("pose_twins", 0) for x in results)),
+        roomier_poses=int(sum(x.get("roomier_poses", 0) for x in results)),
         **(dict(teacher_source_success=by_source) if any(by_source) else {}),
         failures=dict(sorted(failures.items(), key=lambda kv: -kv[1])),
         seeds=[int(x["seed"]) for x in results],

@@ -227,6 +227,73 @@ def test_unreachable_learned_grasp_pose_falls_back_to_its_symmetry_twin(setup, m
     assert np.allclose(agent.predict_pose(0), base)  # a new stage starts from I_θ's own pose
 
 
+def test_arm_room_is_the_joint_limit_margin_of_the_ik_solution_from_the_current_joints(setup):
+    env, *_ = setup
+    agent = agent_for(setup, pose="learned")
+    agent.begin_episode(seed=3)
+    agent.planner.sync(env)
+    q = env.raw.sim.data.qpos[:7].copy()
+    margin = np.min(np.minimum(q - agent.planner.q_lo, agent.planner.q_hi - q))
+    here = P.mat_to_pose7(env.raw.eef_pose())
+    assert agent._arm_room(here) == pytest.approx(margin, abs=0.02)  # IK from q converges at q
+    # a pose that turns the gripper by 2.5 rad about its approach axis takes joint 7 toward a limit
+    turned = P.mat_to_pose7(env.raw.eef_pose() @ P.make_pose(np.zeros(3), P.axisangle_to_mat([0, 0, 2.5])))
+    assert agent._arm_room(turned) < margin - 0.3
+    assert agent._arm_room(P.mat_to_pose7(P.make_pose([3.0, 0, 1.0], np.eye(3)))) == -np.inf  # out of reach
+
+
+def _room_by_yaw(start, tight_if_aligned: bool):
+    """A stand-in for _arm_room: poses whose x axis points as the start's have `tight` room."""
+    return lambda p7: 0.05 if (P.pose7_to_mat(p7)[:3, 0] @ start[:3, 0] > 0) == tight_if_aligned else 1.0
+
+
+def test_learned_grasp_pose_near_a_joint_limit_takes_the_roomier_twin(setup, monkeypatch):
+    """A grasp pose that would leave a joint within arm_room of its limit (ARM_ROOM) is replaced by
+    its symmetry twin when the twin leaves more room; the turn is kept for the stage's later
+    predictions. A roomy pose is kept as it is."""
+    env, *_ = setup
+    agent = agent_for(setup, pose="learned", replan=True)
+    agent.begin_episode(seed=7)
+    agent.begin_stage(0)
+    start = env.raw.eef_pose()
+    base = P.mat_to_pose7(start @ P.make_pose([0.0, 0.0, -0.08], np.eye(3)))
+    monkeypatch.setattr(agent, "learned_pose", lambda i: base.copy())
+    monkeypatch.setattr(agent, "_arm_room", _room_by_yaw(start, tight_if_aligned=True))
+    got = agent._roomier_pose(0, agent.predict_pose(0))
+    twin = P.symmetry_twin(P.pose7_to_mat(base), np.pi)
+    assert np.allclose(P.pose7_to_mat(got), twin, atol=1e-9)
+    assert agent.pose_turn == pytest.approx(np.pi) and agent.result.roomier_poses == 1
+    assert np.allclose(P.pose7_to_mat(agent.predict_pose(0)), twin, atol=1e-9)
+    agent.begin_stage(0)
+    monkeypatch.setattr(agent, "_arm_room", _room_by_yaw(start, tight_if_aligned=False))
+    assert np.allclose(agent._roomier_pose(0, base), base) and agent.pose_turn == 0.0
+    assert agent.result.roomier_poses == 1
+
+
+def test_privileged_grasp_near_a_joint_limit_takes_the_roomiest_source_for_the_episode(setup, monkeypatch):
+    """I^Priv: when the episode's source demo leaves too little room at a grasp, the source whose
+    pose leaves the most takes over, for this stage and the later ones (its placement matches
+    its grasp)."""
+    env, *_, sources = setup
+    agent = agent_for(setup, pose="privileged")
+    agent.begin_episode(seed=11)
+    agent.begin_stage(0)
+    n = len(sources.segments[0])
+    first = agent.source_index
+    roomiest = (first + 1) % n
+    poses = [agent.privileged_pose(0, k) for k in range(n)]
+    rooms = [0.05 if k == first else (0.9 if k == roomiest else 0.2) for k in range(n)]
+    room_of = lambda p7: rooms[int(np.argmin([np.abs(p7 - q).sum() for q in poses]))]  # noqa: E731
+    monkeypatch.setattr(agent, "_arm_room", room_of)
+    got = agent._roomier_pose(0, agent.predict_pose(0))
+    assert agent.source_index == roomiest and agent.result.roomier_poses == 1
+    assert np.allclose(got, poses[roomiest])
+    assert np.allclose(agent.predict_pose(1), agent.privileged_pose(1, roomiest))
+    rooms[:] = [0.01] * n  # no source roomier than the episode's: it stays
+    assert np.allclose(agent._roomier_pose(0, poses[roomiest]), poses[roomiest])
+    assert agent.source_index == roomiest and agent.result.roomier_poses == 1
+
+
 def test_pose_symmetry_of_checkpoints_without_it_comes_from_the_folded_stages():
     from common import TASKS
     from common.hsp import stage_pose_symmetry
