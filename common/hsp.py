@@ -343,9 +343,7 @@ class HSPAgent:
             for k in self.rng.permutation(len(self.sources.segments[i])):
                 if k == self.source_index:
                     continue
-                cand = self.privileged_pose(i, int(k))
-                if self.pose_offset is not None:
-                    cand = P.apply_pose_offset(cand, self.pose_offset)
+                cand = self._teacher_pose(i, int(k))
                 plan = self.planner.plan(self.env, P.pose7_to_mat(cand), held=held)
                 if plan.success:
                     self.source_index, target = int(k), cand
@@ -399,6 +397,13 @@ class HSPAgent:
         r.connect_steps.append(n)
         return True
 
+    def _teacher_pose(self, i: int, source: int) -> np.ndarray:
+        """I^Priv's pose for stage i from another source demo, with this stage's noise draw."""
+        cand = self.privileged_pose(i, source)
+        if self.pose_offset is not None:
+            cand = P.apply_pose_offset(cand, self.pose_offset)
+        return cand
+
     def _arm_room(self, pose7) -> float:
         """Room (rad) the nearest-to-limit arm joint has at the IK solution of `pose7` that starts
         from the current joints (where the connect's OSC tracking ends up); -inf without one."""
@@ -423,9 +428,7 @@ class HSPAgent:
             for k in range(len(self.sources.segments[i])):
                 if k == self.source_index:
                     continue
-                cand = self.privileged_pose(i, k)
-                if self.pose_offset is not None:
-                    cand = P.apply_pose_offset(cand, self.pose_offset)
+                cand = self._teacher_pose(i, k)
                 c_room = self._arm_room(cand)
                 if c_room > best[0]:
                     best = (c_room, ("source", k), cand)
