@@ -218,7 +218,8 @@ def fold_grasp_symmetry(init_pose: np.ndarray, ref_pose: np.ndarray, period: flo
     its twins (turned by multiples of `period` about the approach axis) is nearest to it. A label is
     turned only when a twin lands nearer the common grasp than it is, so every folded label is a
     grasp the demos (and so the skill policy) know. Positions are unchanged (the turn is about the
-    grip site). Returns (poses (N, 7), turned mask).
+    grip site). Returns (poses (N, 7), turn (N,)): the angle each label was turned by, 0 where it
+    was kept (see `turn_shares`).
 
     `about="reference"` folds a placement instead: the twins turn about the reference object's
     vertical axis through its origin (ThreePiece's square hole: piece 1 fits it every 90°), which
@@ -238,11 +239,22 @@ def fold_grasp_symmetry(init_pose: np.ndarray, ref_pose: np.ndarray, period: flo
     twin = (lambda Rz: rel @ Rz) if about == "grip" else (lambda Rz: Rz @ rel)
     dist = np.stack([angle(twin(Rz), canonical[None])[:, 0] for Rz in turns], axis=1)  # (N, number of turns)
     best = dist.argmin(axis=1)
-    turn = best > 0
     out = np.array(init_pose, dtype=np.float64, copy=True)
-    for j in np.flatnonzero(turn):
+    for j in np.flatnonzero(best > 0):
         out[j] = P.mat_to_pose7(P.symmetry_twin(T[j], angles[best[j]], about, ref_pose[j]))
-    return out, turn
+    return out, np.asarray(angles, dtype=np.float64)[best]
+
+
+def turn_shares(turn: np.ndarray, period: float) -> list[float]:
+    """Share of a stage's demos at each twin of the folded (common) pose, in the order of
+    `P.symmetry_turns(period)` (index 0: the common pose itself). A label turned by a onto the
+    common pose was a demo at the common pose's twin turned by -a. The agent takes a learned pose's
+    twin for joint-limit room only where the skill has seen demos start there (HSPAgent._roomier_pose):
+    NutAssembly's square-nut grasps are 70/30 over the two twins, ThreePiece's source demos grasp
+    each piece at one yaw only."""
+    n = len(P.symmetry_turns(period))
+    k = np.round(np.mod(-np.asarray(turn, dtype=np.float64), 2 * np.pi) / period).astype(int) % n
+    return [float(np.mean(k == j)) for j in range(n)]
 
 
 def gripper_values(commands: np.ndarray, max_values: int = 5) -> list[float] | None:
@@ -651,7 +663,7 @@ def main(argv=None) -> dict:
 
     # Grasp stages (the gripper arrives empty), and placements into a symmetric target: one mode
     # per initiation pose, see fold_grasp_symmetry.
-    folded = {}
+    folded, turn_share = {}, [None] * n_stages
     task_cls = common.TASKS[args.task]
     symmetry = [task_cls.pose_symmetry(i, bool(data["init_gripper_open"][:, i].all())) for i in range(n_stages)]
     if args.grasp_symmetry == "fold":
@@ -659,9 +671,10 @@ def main(argv=None) -> dict:
             if symmetry[i] is None:
                 continue
             period, about = symmetry[i]
-            data["init_pose"][:, i], turned = fold_grasp_symmetry(data["init_pose"][:, i],
-                                                                  data["init_ref_pose"][:, i], period, about=about)
-            folded[data["stages"][i]["name"]] = int(turned.sum())
+            data["init_pose"][:, i], turn = fold_grasp_symmetry(data["init_pose"][:, i],
+                                                                data["init_ref_pose"][:, i], period, about=about)
+            folded[data["stages"][i]["name"]] = int((turn != 0).sum())
+            turn_share[i] = turn_shares(turn, period)
         print("symmetry folded (initiation poses turned onto the stage's common one): "
               + (", ".join(f"{k} {v}/{n_demos}" for k, v in folded.items()) or "no stage"))
 
@@ -692,6 +705,9 @@ def main(argv=None) -> dict:
         # None: when I_θi's pose has no IK solution or path, the agent tries its twins
         "pose_symmetry": [list(symmetry[i]) if symmetry[i] is not None and data["stages"][i]["name"] in folded
                           else None for i in range(n_stages)],
+        # per folded stage, the share of demos at each twin of the common pose (turn_shares): the
+        # agent only turns a learned pose onto a twin the skill has seen for joint-limit room
+        "pose_turn_share": turn_share,
         "obs": {"obs_mode": args.obs, "low_dim_keys": data["low_dim_keys"],
                 "low_dim_sizes": {k: int(data["obs"][k].shape[1]) for k in data["low_dim_keys"]},
                 "cameras": data["cameras"], "frame_stack": frame_stack, "feature_dim": int(hp["feature_dim"]),

@@ -79,6 +79,9 @@ def parse_args(argv=None):
     p.add_argument("--arm-room", type=float, default=None,
                    help="override: joint-limit room (rad) a grasp's initiation pose must leave every arm "
                         "joint before the agent takes an equivalent roomier pose (default 0.3; 0: off)")
+    p.add_argument("--twin-share-min", type=float, default=None,
+                   help="override: least share of a stage's demos at a symmetry twin for a learned grasp "
+                        "pose to be turned onto it for joint-limit room (default 0.05; 0: any twin)")
     p.add_argument("--stage", type=int, default=None,
                    help="pose-noise: the stage whose skill is measured, from 0 (default: 1, Nut Assembly's "
                         "second stage as in Fig. 3)")
@@ -116,6 +119,8 @@ def make_jobs(args, n_stages: int) -> list[dict]:
         overrides["finish_skill"] = args.finish_skill == "on"
     if args.arm_room is not None:
         overrides["arm_room"] = args.arm_room
+    if args.twin_share_min is not None:
+        overrides["twin_share_min"] = args.twin_share_min
     configs = []  # (label, variant, options, last_stage)
     if args.experiment == "table":
         for v in args.variants:

@@ -40,6 +40,13 @@ GRIPPER_OPEN = -1.0
 # wrist half a turn away (and other source demos grasp at other yaws), so the agent takes the one
 # that leaves the arm more room (README, "Joint-limit room at the grasps").
 ARM_ROOM = 0.3
+# A learned grasp pose is turned onto its symmetry twin for joint-limit room only when at least
+# this share of the stage's demos start at that twin (the checkpoint's pose_turn_share): the skill
+# has then seen the grasp. ThreePiece's source demos grasp each piece at one yaw: there, of the
+# learned-pose rollouts that took a twin for room, 134 of 149 failed the knob grasp (without a
+# twin: 82 of 772; README, ThreePiece). NutAssembly's demos hold 30 % at the square nut's twin,
+# where the turn took HSP from 74 to 86 % on the same 100 rollouts.
+TWIN_SHARE_MIN = 0.05
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -76,6 +83,9 @@ class AgentOptions:
     # Joint-limit room (rad) a grasp's initiation pose must leave every arm joint (see
     # `_roomier_pose`); 0 turns the check off.
     arm_room: float = ARM_ROOM
+    # Least share of a stage's demos at a symmetry twin for I_θi's pose to be turned onto it for
+    # room (TWIN_SHARE_MIN); 0 allows every twin.
+    twin_share_min: float = TWIN_SHARE_MIN
 
     def __post_init__(self):
         checks = (("pose", self.pose, ("learned", "privileged")),
@@ -128,6 +138,27 @@ def stage_pose_symmetry(config: dict | None, task_cls, n_stages: int) -> list:
     names = config.get("stage_names") or []
     return [task_cls.pose_symmetry(i, arrives_empty=i not in task_cls.place_yaw_period)
             if i < len(names) and names[i] in folded else None for i in range(n_stages)]
+
+
+def stage_pose_turn_share(config: dict | None, symmetry: list) -> list:
+    """Per stage, the share of its demos at each symmetry twin of the folded initiation pose (in
+    the order of P.symmetry_turns(period); see 02_train_hsp.turn_shares), or None. Checkpoints
+    before 2026-12-03 do not store it: a half-turn symmetry's two shares follow from the number of
+    labels the fold turned (train.poses_turned); for finer symmetries the split among the turns is
+    unknown, and every twin gets the turned share."""
+    n_stages = len(symmetry)
+    if config and "pose_turn_share" in config:
+        return [list(x) if x is not None else None for x in config["pose_turn_share"]]
+    turned = ((config or {}).get("train") or {}).get("poses_turned") or {}
+    names = (config or {}).get("stage_names") or []
+    n_demos = ((config or {}).get("train") or {}).get("n_demos")
+    out = [None] * n_stages
+    for i, sym in enumerate(symmetry):
+        if sym is None or i >= len(names) or names[i] not in turned or not n_demos:
+            continue
+        f = turned[names[i]] / n_demos
+        out[i] = [1.0 - f] + [f] * (len(P.symmetry_turns(sym[0])) - 1)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -187,6 +218,7 @@ class HSPAgent:
         # absent in checkpoints before 2026-12-02: their skills stop when T fires
         self.post_termination_steps = (config or {}).get("post_termination_steps") or [0] * self.n_stages
         self.pose_symmetry = stage_pose_symmetry(config, type(self.raw), self.n_stages)
+        self.pose_turn_share = stage_pose_turn_share(config, self.pose_symmetry)
         self.pose_turn = 0.0  # the symmetry turn applied to this stage's learned poses (see _connect)
         self.obs = None
 
@@ -355,7 +387,8 @@ class HSPAgent:
             # I_θi was trained on labels folded onto one grasp (or placement) of each symmetric
             # set, and for some object yaws that one is beyond the wrist's reach while its twin
             # (the gripper turned by π about its approach axis, a square knob's quarter turn) is
-            # not. The skill's demos contain both, so the stage runs on the twin from here on.
+            # not. Without a plan the stage fails, so the stage runs on the twin from here on, even
+            # one the skill's demos do not hold (unlike the room check in _roomier_pose).
             turns = P.symmetry_turns(self.pose_symmetry[i][0])[1:]
             for angle in sorted(turns, key=lambda a: min(a, 2 * np.pi - a)):  # smallest turns first
                 self.pose_turn = float(angle)
@@ -417,8 +450,9 @@ class HSPAgent:
         options.arm_room from its limit (see ARM_ROOM), take the equivalent pose that leaves the
         most room: I^Priv, another source demo's initiation pose (the episode keeps that source for
         the stages that carry the object, so grasp and placement stay one demo's); I_θi, the
-        symmetry twin of its pose (an empty gripper turned by π about its approach axis, as the
-        folded labels' other half in the data)."""
+        symmetry twin of its pose (an empty gripper turned by π about its approach axis), among the
+        twins at which at least options.twin_share_min of the stage's demos start, so that the
+        skill has seen the grasp (pose_turn_share; the checkpoint's folded labels' other half)."""
         self.planner.sync(self.env)
         room = self._arm_room(target)
         if room >= self.options.arm_room:
@@ -433,7 +467,10 @@ class HSPAgent:
                 if c_room > best[0]:
                     best = (c_room, ("source", k), cand)
         elif self.pose_symmetry[i] is not None:
-            for angle in P.symmetry_turns(self.pose_symmetry[i][0])[1:]:
+            share = self.pose_turn_share[i]
+            for j, angle in enumerate(P.symmetry_turns(self.pose_symmetry[i][0])):
+                if j == 0 or (share is not None and share[j] < self.options.twin_share_min):
+                    continue
                 self.pose_turn = float(angle)
                 cand = self.predict_pose(i)
                 c_room = self._arm_room(cand)

@@ -3,6 +3,7 @@ every Table I variant running an episode, a privileged agent with the generator'
 succeeding, checkpoint checks, Wilson intervals, resumable evaluation and the pose-noise experiment."""
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -200,6 +201,7 @@ def test_unreachable_learned_grasp_pose_falls_back_to_its_symmetry_twin(setup, m
     keeps that turn for the stage's later predictions (replanning); the next stage starts unturned."""
     env, ck, *_ = setup
     assert ck["config"]["pose_symmetry"][0] == [pytest.approx(np.pi), "grip"]
+    assert len(ck["config"]["pose_turn_share"][0]) == 2 and sum(ck["config"]["pose_turn_share"][0]) == pytest.approx(1.0)
     agent = agent_for(setup, pose="learned", replan=True)
     agent.begin_episode(seed=7)
     agent.begin_stage(0)
@@ -250,11 +252,13 @@ def _room_by_yaw(start, tight_if_aligned: bool):
 def test_learned_grasp_pose_near_a_joint_limit_takes_the_roomier_twin(setup, monkeypatch):
     """A grasp pose that would leave a joint within arm_room of its limit (ARM_ROOM) is replaced by
     its symmetry twin when the twin leaves more room; the turn is kept for the stage's later
-    predictions. A roomy pose is kept as it is."""
+    predictions. A roomy pose is kept as it is, and so is a tight one whose twin too few demos
+    start at (TWIN_SHARE_MIN): the skill has not seen that grasp."""
     env, *_ = setup
     agent = agent_for(setup, pose="learned", replan=True)
     agent.begin_episode(seed=7)
     agent.begin_stage(0)
+    agent.pose_turn_share[0] = [0.7, 0.3]  # NutAssembly's square-nut grasps
     start = env.raw.eef_pose()
     base = P.mat_to_pose7(start @ P.make_pose([0.0, 0.0, -0.08], np.eye(3)))
     monkeypatch.setattr(agent, "learned_pose", lambda i: base.copy())
@@ -268,6 +272,15 @@ def test_learned_grasp_pose_near_a_joint_limit_takes_the_roomier_twin(setup, mon
     monkeypatch.setattr(agent, "_arm_room", _room_by_yaw(start, tight_if_aligned=False))
     assert np.allclose(agent._roomier_pose(0, base), base) and agent.pose_turn == 0.0
     assert agent.result.roomier_poses == 1
+    # one grasp yaw in the data (ThreePiece's source demos): the tight pose stays
+    agent.begin_stage(0)
+    monkeypatch.setattr(agent, "_arm_room", _room_by_yaw(start, tight_if_aligned=True))
+    agent.pose_turn_share[0] = [0.98, 0.02]
+    assert np.allclose(agent._roomier_pose(0, base), base) and agent.pose_turn == 0.0
+    assert agent.result.roomier_poses == 1
+    agent.options = replace(agent.options, twin_share_min=0.0)  # 06_evaluate.py --twin-share-min 0
+    assert np.allclose(P.pose7_to_mat(agent._roomier_pose(0, base)), twin, atol=1e-9)
+    assert agent.result.roomier_poses == 2
 
 
 def test_privileged_grasp_near_a_joint_limit_takes_the_roomiest_source_for_the_episode(setup, monkeypatch):
@@ -304,6 +317,19 @@ def test_pose_symmetry_of_checkpoints_without_it_comes_from_the_folded_stages():
     assert got == [(np.pi, "grip"), (np.pi / 2, "reference"), (np.pi / 2, "grip"), None]
     assert stage_pose_symmetry({"pose_symmetry": [None, [np.pi, "grip"]]}, three_piece, 2) == [None, (np.pi, "grip")]
     assert stage_pose_symmetry(None, three_piece, 3) == [None] * 3
+
+
+def test_pose_turn_share_of_checkpoints_without_it_comes_from_the_turned_label_counts():
+    from common.hsp import stage_pose_turn_share
+    symmetry = [(np.pi, "grip"), (np.pi / 2, "reference"), (np.pi / 2, "grip"), None]
+    config = {"stage_names": ["grasp1", "insert1", "grasp2", "insert2"],
+              "train": {"n_demos": 1000, "poses_turned": {"grasp1": 300, "insert1": 0, "grasp2": 100}}}
+    got = stage_pose_turn_share(config, symmetry)
+    assert got[0] == pytest.approx([0.7, 0.3]) and got[1] == pytest.approx([1.0, 0.0, 0.0, 0.0])
+    assert got[2] == pytest.approx([0.9, 0.1, 0.1, 0.1]) and got[3] is None  # split unknown: every twin
+    stored = {"pose_turn_share": [[0.6, 0.4], None]}
+    assert stage_pose_turn_share(stored, symmetry[:1] + [None]) == [[0.6, 0.4], None]
+    assert stage_pose_turn_share(None, symmetry) == [None] * 4
 
 
 @pytest.mark.parametrize("finish", [True, False])

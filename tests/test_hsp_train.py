@@ -243,8 +243,9 @@ def test_grasp_symmetry_fold_keeps_one_grasp_mode_and_leaves_unimodal_labels_alo
             out.append(P.mat_to_pose7(P.make_pose(T[:3, 3] + [0.01, 0, 0.05], R)))
         return np.stack(out)
     init = labels(rel_yaw)
-    folded, turned = train.fold_grasp_symmetry(init, ref)
-    assert np.array_equal(turned, twin)
+    folded, turn = train.fold_grasp_symmetry(init, ref)
+    assert np.array_equal(turn != 0, twin) and np.allclose(turn[twin], np.pi)
+    assert train.turn_shares(turn, np.pi) == [pytest.approx(1 - twin.mean()), pytest.approx(twin.mean())]
     assert np.allclose(folded[:, :3], init[:, :3])
     yaws = np.array([_yaw_about(T, p) for T, p in zip(ref, folded)])
     common_yaw = np.median(yaws)
@@ -253,19 +254,23 @@ def test_grasp_symmetry_fold_keeps_one_grasp_mode_and_leaves_unimodal_labels_alo
     assert np.array_equal(folded[~twin], init[~twin])
     # one mode, spread ±40°: nothing to fold
     spread = labels(-np.pi / 2 + rng.uniform(-0.7, 0.7, n))
-    _, turned = train.fold_grasp_symmetry(spread, ref)
-    assert not turned.any()
+    _, turn = train.fold_grasp_symmetry(spread, ref)
+    assert not turn.any() and train.turn_shares(turn, np.pi) == [1.0, 0.0]
     # a square knob (ThreePiece's piece 2) is grasped from any side: with period π/2 the two
     # quarter-turned modes fold onto the most common one; the half-turn fold cannot merge them
     # (each is 90° from the common grasp, and so is its half-turn twin).
     side = rng.choice([0, 1, 3], size=n, p=[0.5, 0.3, 0.2])
     knob = labels(side * np.pi / 2 + rng.normal(0, 0.05, n))
     for period, n_modes in ((np.pi / 2, 1), (np.pi, 3)):
-        folded, turned = train.fold_grasp_symmetry(knob, ref, period)
+        folded, turn = train.fold_grasp_symmetry(knob, ref, period)
         yaws = np.array([_yaw_about(T, p) for T, p in zip(ref, folded)])
         assert len(np.unique(np.round(yaws / 90.0).astype(int) % 4)) == n_modes, period
         if n_modes == 1:
-            assert np.array_equal(turned, side != 0)
+            assert np.array_equal(turn != 0, side != 0)
+            # twin j of the common (side 0) grasp is the gripper turned by j quarter turns, where
+            # the demos of side -j grasp: the data holds 50 / 20 / 0 / 30 % at twins 0 / 1 / 2 / 3
+            share = train.turn_shares(turn, period)
+            assert share == [pytest.approx(np.mean(side == (-j) % 4)) for j in range(4)]
 
 
 def test_placement_fold_turns_the_pose_about_the_target_and_keeps_it_over_the_hole():
@@ -286,8 +291,8 @@ def test_placement_fold_turns_the_pose_about_the_target_and_keeps_it_over_the_ho
         rel = P.make_pose(Rz @ P.axisangle_to_mat([0, 0, -np.pi / 2]) @ offset, Rz @ top_down(0.0))
         init.append(P.mat_to_pose7(T @ rel))
     init = np.stack(init)
-    folded, turned = train.fold_grasp_symmetry(init, ref, np.pi / 2, about="reference")
-    assert np.array_equal(turned, side != 1)
+    folded, turn = train.fold_grasp_symmetry(init, ref, np.pi / 2, about="reference")
+    assert np.array_equal(turn != 0, side != 1)
     rel = np.stack([np.linalg.inv(T) @ P.pose7_to_mat(p) for T, p in zip(ref, folded)])
     assert np.allclose(rel[:, :3, 3], offset, atol=1e-3)  # all on the common side
     yaws = np.degrees(np.arctan2(rel[:, 1, 0], rel[:, 0, 0]))
