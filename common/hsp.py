@@ -149,9 +149,9 @@ def stage_pose_turn_share(config: dict | None, symmetry: list) -> list:
     n_stages = len(symmetry)
     if config and "pose_turn_share" in config:
         return [list(x) if x is not None else None for x in config["pose_turn_share"]]
-    turned = ((config or {}).get("train") or {}).get("poses_turned") or {}
+    train = (config or {}).get("train") or {}
+    turned, n_demos = train.get("poses_turned") or {}, train.get("n_demos")
     names = (config or {}).get("stage_names") or []
-    n_demos = ((config or {}).get("train") or {}).get("n_demos")
     out = [None] * n_stages
     for i, sym in enumerate(symmetry):
         if sym is None or i >= len(names) or names[i] not in turned or not n_demos:
