@@ -6,7 +6,9 @@ Each named variant (common/hsp.py VARIANTS) is an Algorithm 1 configuration:
     HSP          learned pose I_θi predicted once per stage, no replanning
     HSP+Replan   learned pose re-predicted every connect step, replan when it moves > ε = 0.05
 
-Every variant runs the same N seeded rollouts (paired comparison), split over --workers processes.
+Every variant runs the same N seeded rollouts (paired comparison), split over --workers processes;
+each seeded reset restarts the planner's random streams too, so a rollout's plans do not depend on
+the rollouts its worker ran before.
 Each finished rollout is appended to results/<task>/rollouts.jsonl, so an interrupted evaluation
 resumes where it stopped (rollouts are reused only for the same checkpoint and variant options).
 

@@ -338,8 +338,11 @@ class HSPAgent:
         return r
 
     def begin_episode(self, seed: int) -> EpisodeResult:
-        """Seeded reset: env, observation history, noise generator, I^Priv's source demo, gripper."""
+        """Seeded reset: env, observation history, noise generator, planner, I^Priv's source demo,
+        gripper."""
         self.rng = np.random.default_rng(seed)
+        if self.planner is not None:  # plans follow this seed, not the worker's earlier rollouts
+            self.planner.reseed(seed)
         self.result = EpisodeResult(seed=int(seed))
         self.obs = self.env.reset(seed=seed)
         if self.history is not None:

@@ -154,6 +154,22 @@ def _seed_ompl(seed):
     _OMPL_SEEDED = True
 
 
+def _reseed_ompl(seed: int):
+    """Restart OMPL's process-wide seed generator. Every plan builds a new RRT-Connect and path
+    simplifier, whose RNGs draw their seeds from it, so the plans that follow depend on `seed`
+    only. OMPL logs an error when the seed changes after first use (its sampling is then no
+    longer tied to the first seed); that is the point here, so the message is silenced."""
+    global _OMPL_SEEDED
+    from ompl import util as ou
+    level = ou.getLogLevel()
+    ou.setLogLevel(ou.LogLevel.LOG_NONE)
+    try:
+        ou.RNG.setSeed(int(seed) % (2**31 - 2) + 1)
+    finally:
+        ou.setLogLevel(level)
+    _OMPL_SEEDED = True
+
+
 # ================================================================================== results
 @dataclass
 class PlanResult:
@@ -660,6 +676,14 @@ class Planner:
         return bid
 
     # ------------------------------------------------------------------ sync
+    def reseed(self, seed: int):
+        """Restart the planner's random streams (IK restarts, RRT-Connect, shortcutting) from
+        `seed`. The agent calls it at every seeded reset, so a rollout's plans depend on its own
+        seed, not on the rollouts this process planned before: resumed evaluations and any
+        --workers split give the same rollouts."""
+        self.rng = np.random.default_rng((int(seed), 0x5EED))  # not the agent's own stream
+        _reseed_ompl(seed)
+
     def sync(self, env, all_bodies: bool = False):
         """Copy joints, fingers and the poses of movable scene bodies from the sim (cheap)."""
         raw = _raw(env)

@@ -372,6 +372,22 @@ def test_every_variant_runs_an_episode(setup, variant):
     assert r.steps <= env.horizon
 
 
+def test_every_episode_restarts_the_planners_random_streams_from_its_seed(setup):
+    """Evaluation workers run many rollouts with one planner; a resumed run or another --workers
+    split changes which rollouts come first, so a seeded reset must also restart the planner's
+    random streams (IK restarts, and OMPL's, which RRT-Connect and the shortcutting draw from)."""
+    from ompl import util as ou
+    planner = setup[3]
+    draws = []
+    for seed in (5, 6, 5):
+        agent_for(setup, pose="privileged").begin_episode(seed=seed)
+        draws.append((planner.rng.random(3).tolist(), ou.RNG().uniform01()))
+        planner.rng.random(100)  # the episode's own planning
+        [ou.RNG().uniform01() for _ in range(5)]
+    assert draws[2] == draws[0]
+    assert draws[1] != draws[0]
+
+
 def test_learned_termination_and_noise_options_run(setup):
     agent = agent_for(setup, pose="privileged", termination="learned", pose_noise=0.05, action_noise=0.05)
     r = agent.run_episode(seed=3, last_stage=0)
