@@ -289,7 +289,10 @@ class HSPAgent:
         self.result.steps += 1
 
     def _choose_source(self, i: int = 0):
-        if self.sources is None:
+        # Only I^Priv reads a source demo. A learned-pose agent must not draw from the episode's
+        # generator for one: the draw would shift its skills' component draws, so an HSP rollout
+        # would change with whether its worker had loaded the sources (for HSP-Priv jobs).
+        if self.sources is None or self.options.pose != "privileged":
             return None
         ref = self.raw.object_pose(self.env.stages[i].reference_object)
         select = self.options.source_select

@@ -388,6 +388,22 @@ def test_every_episode_restarts_the_planners_random_streams_from_its_seed(setup)
     assert draws[1] != draws[0]
 
 
+def test_a_learned_pose_episode_does_not_depend_on_whether_sources_are_loaded(setup):
+    """06_evaluate loads the source demos in a worker only if it has HSP-Priv jobs; an HSP
+    rollout must draw the same random numbers (skill components, noise) either way."""
+    env, ck, models, planner, sources = setup
+    draws = []
+    for srcs in (sources, None):
+        agent = HSPAgent(env, models, ck["config"], planner, variant_options("HSP"), srcs)
+        agent.begin_episode(seed=8)
+        assert agent.source_index is None
+        draws.append(agent.rng.random(4).tolist())
+    assert draws[0] == draws[1]
+    teacher = agent_for(setup, pose="privileged")
+    teacher.begin_episode(seed=8)
+    assert teacher.source_index is not None
+
+
 def test_learned_termination_and_noise_options_run(setup):
     agent = agent_for(setup, pose="privileged", termination="learned", pose_noise=0.05, action_noise=0.05)
     r = agent.run_episode(seed=3, last_stage=0)
