@@ -146,12 +146,9 @@ def _seed_ompl(seed):
     """OMPL draws every planner's random seed from one process-wide generator, which can be
     seeded once, before first use: with the same seed and the same sequence of plans, RRT-Connect
     then returns the same paths."""
-    global _OMPL_SEEDED
     if seed is None or _OMPL_SEEDED:
         return
-    from ompl import util as ou
-    ou.RNG.setSeed(int(seed) % (2**31 - 2) + 1)
-    _OMPL_SEEDED = True
+    _reseed_ompl(seed)
 
 
 def _reseed_ompl(seed: int):
