@@ -86,8 +86,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None,
                    help="gradient steps for every network (default: preset's skill/pose/termination steps)")
     for kind in ("skill", "pose", "termination"):
-        p.add_argument(f"--{kind}-steps", type=int, default=None,
-                       help=f"gradient steps of the {kind} networks (overrides --steps and the preset)")
+        p.add_argument(f"--{kind}-steps", type=int, nargs="+", default=None,
+                       help=f"gradient steps of the {kind} networks (overrides --steps and the preset): one value "
+                            f"for every stage, or one per stage (e.g. more for a task's hardest skill)")
     p.add_argument("--epochs", type=float, default=None,
                    help="instead of --steps: passes over each network's training set")
     p.add_argument("--batch-size", type=int, default=None)
@@ -597,6 +598,16 @@ def write_json(path: str, obj):
     os.replace(tmp, path)
 
 
+def stage_value(values: list, i: int, n_stages: int, flag: str):
+    """Stage i's entry of a per-stage flag given either one value (every stage) or one per stage."""
+    if len(values) == 1:
+        return values[0]
+    if len(values) != n_stages:
+        raise SystemExit(f"error: {flag} takes one value or one per stage ({n_stages} for this task), "
+                         f"got {len(values)}")
+    return values[i]
+
+
 def progress_key(config: dict, hp: dict, data_path: str) -> str:
     """What determines every network of a run: the configuration (data, split, nets, optimizer), the
     presets' values and the data file's identity (size and modification time)."""
@@ -654,6 +665,9 @@ def main(argv=None) -> dict:
     # ---- data, split by demo
     data = load_flat(args.data, args.task, args.obs, args.max_demos, args.state_keys)
     n_demos, n_stages = data["n_demos"], len(data["stages"])
+    for kind in ("skill", "pose", "termination"):  # a wrong count fails now, not after stage 0's training
+        if getattr(args, f"{kind}_steps") is not None:
+            stage_value(getattr(args, f"{kind}_steps"), 0, n_stages, f"--{kind}-steps")
     n_val = 0 if hp["val_fraction"] <= 0 or n_demos < 2 else max(1, int(round(hp["val_fraction"] * n_demos)))
     val_demos = np.sort(rng.permutation(n_demos)[:n_val])
     is_val = np.isin(data["demo"], val_demos)
@@ -758,7 +772,7 @@ def main(argv=None) -> dict:
             r = rows[kind]
             tr, va = r[~is_val[r]], r[is_val[r]]
             if getattr(args, f"{kind}_steps") is not None:
-                steps = getattr(args, f"{kind}_steps")
+                steps = stage_value(getattr(args, f"{kind}_steps"), i, n_stages, f"--{kind}-steps")
             elif args.steps is not None:
                 steps = args.steps
             elif args.epochs is not None:

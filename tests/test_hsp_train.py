@@ -377,3 +377,19 @@ def test_an_interrupted_run_resumes_at_the_network_it_stopped_at(dataset, tmp_pa
     calls.clear()
     train.main(args("changed", steps="5"))
     assert len(calls) == n_nets
+
+
+def test_skill_steps_take_one_value_per_stage(dataset, tmp_path):
+    import json
+    common = ["--task", TASK, "--obs", "state", "--data", dataset, "--out", str(tmp_path), "--steps", "4",
+              "--eval-every", "3", "--batch-size", "8", "--hidden", "16", "16", "--no-tqdm"]
+    train.main(common + ["--skill-steps", "3", "9"])
+    d = os.path.join(tmp_path, TASK)
+    cfg = json.load(open(os.path.join(d, "hsp_config.json")))
+    stages = cfg["stage_names"]
+    assert [cfg["train"]["steps"][f"stage{i}_{n}/skill"] for i, n in enumerate(stages)] == [3, 9]
+    assert [cfg["train"]["steps"][f"stage{i}_{n}/pose"] for i, n in enumerate(stages)] == [4, 4]
+    losses = json.load(open(os.path.join(d, "hsp_losses.json")))["losses"]
+    assert [losses[f"stage{i}_{n}"]["skill"]["step"] for i, n in enumerate(stages)] == [[3], [3, 6, 9]]
+    with pytest.raises(SystemExit, match="one value or one per stage"):  # before any training
+        train.main(common + ["--skill-steps", "3", "9", "9", "--overwrite"])
