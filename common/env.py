@@ -346,6 +346,12 @@ class KitTask(ManipulationEnv):
 
     def set_flat_state(self, state) -> None:
         self.sim.set_state_from_flattened(np.asarray(state, dtype=np.float64))
+        # MuJoCo warm-starts its constraint solver from the last step's accelerations, which the
+        # flattened state does not hold: without this, a restored state steps differently (by
+        # ~1e-13 at first, then chaotically through contacts) depending on what the sim ran
+        # before, so a skill trial's outcome (02's snapshot selection) depended on the trial
+        # before it in its worker.
+        self.sim.data.qacc_warmstart[:] = 0.0
         self.sim.forward()
 
     def reseed(self, seed: int) -> None:

@@ -1,0 +1,163 @@
+"""One stage's skill snapshots, scored where deployment runs them and where the selection does.
+
+02_train_hsp.py --select-trials chooses each stage's skill snapshot by rollouts from held-out
+demos' skill-start states. Those states come from *kept* demos: the data generator's successful
+episodes, reached by replaying a source demo's skills. Deployment (Algorithm 1) reaches the same
+stage after the learned skills of the earlier stages and a planned connect, from every seeded
+scene. This script scores each snapshot of `--stage` both ways, on the same networks:
+
+- in the loop: HSP-Priv episodes (privileged pose, BC skills, oracle termination, as
+  06_evaluate.py's row) run through `--stage`; success of that stage among the episodes that
+  reach it. Seeds are 06_evaluate.py's for `--seed` (default 1: disjoint from the evaluation's 0);
+- from demo starts (`--demo-starts`): one trial from each held-out demo's skill start, as the
+  selection runs them, with seeds of its own.
+
+Prints a Markdown table and writes it with the per-rollout outcomes as JSON.
+
+    python bench/skill_in_loop.py --task CoffeePreparation_D2 --ckpt runs_rnn/CoffeePreparation_D2/hsp.pt \
+        --stage 1 --rollouts 100 --demo-starts --workers 2
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import common  # noqa: E402
+from common import data as D  # noqa: E402
+from common.env import make_env  # noqa: E402
+from common.hsp import AgentOptions, HSPAgent, variant_options, wilson_interval  # noqa: E402
+from common.hsp_checkpoint import load_hsp_models  # noqa: E402
+from common.planner import Planner  # noqa: E402
+from common.presets import eval_seed  # noqa: E402
+
+DEMO_START_SEED = 5_000_000  # GMM draws of the demo-start trials (the selection's are 1_000_003 * stage + t)
+_W: dict = {}
+
+
+def _init(args):
+    torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
+    ck, models = load_hsp_models(args.ckpt, args.task, "state")
+    env = make_env(args.task, obs_mode="state")
+    env.reset(seed=0)  # robosuite steps only after a reset; demo-start trials then restore states
+    demos, _ = D.load_all(args.source, task=args.task)
+    snaps = torch.load(args.snapshots, weights_only=True)["stages"] if args.snapshots else None
+    _W.update(args=args, ck=ck, models=models, env=env, sources=D.SourceSegments(demos, env.stages),
+              planner=Planner(env, mode="ompl", seed=0, posture=ck["config"].get("connect_posture", "reset")),
+              snaps=snaps, loaded=None)
+
+
+def _run(job):
+    """job = (candidate, kind, index, payload) -> (candidate, kind, index, reached, success)."""
+    cand, kind, k, payload = job
+    args, models, i = _W["args"], _W["models"], _W["args"].stage
+    if _W["loaded"] != cand:
+        weights = _W["ck"]["stages"][i]["skill"] if cand == "checkpoint" else _W["snaps"][i][cand]
+        models[i]["skill"].load_state_dict(weights)
+        _W["loaded"] = cand
+    if kind == "loop":
+        agent = HSPAgent(_W["env"], models, _W["ck"]["config"], _W["planner"], variant_options("HSP-Priv"),
+                         _W["sources"])
+        r = agent.run_episode(eval_seed(args.seed, k), last_stage=i)
+        reached = r.stages_attempted > i
+        return cand, kind, k, reached, bool(reached and r.stage_success[i])
+    state, grip = payload
+    agent = HSPAgent(_W["env"], models, _W["ck"]["config"], None, AgentOptions(termination="oracle"))
+    return cand, kind, k, True, bool(agent.run_skill(i, state, DEMO_START_SEED + k, grip).success)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="CoffeePreparation_D2", help=f"one of: {', '.join(sorted(common.TASKS))}")
+    p.add_argument("--ckpt", default=None, help="default: runs/<task>/hsp.pt")
+    p.add_argument("--snapshots", default=None,
+                   help="skill snapshots of the selection (default: hsp_skill_snapshots.pt beside --ckpt, if any)")
+    p.add_argument("--steps", nargs="+", default=None,
+                   help="snapshot steps to score (default: every snapshot of the stage), besides the checkpoint's own")
+    p.add_argument("--stage", type=int, default=1)
+    p.add_argument("--rollouts", type=int, default=100, help="HSP-Priv episodes per candidate")
+    p.add_argument("--demo-starts", action="store_true", help="also one trial from each held-out demo's skill start")
+    p.add_argument("--data", default=None, help="generated HDF5 of the demo starts (default: the checkpoint's)")
+    p.add_argument("--source", default=None, help="default: data/<task>/source.hdf5")
+    p.add_argument("--seed", type=int, default=1, help="06_evaluate.py's seed numbering (0 is the evaluation's)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default=None, help="JSON (default: results/<task>/skill_in_loop_stage<k>.json)")
+    args = p.parse_args()
+    args.ckpt = args.ckpt or os.path.join("runs", args.task, "hsp.pt")
+    args.source = args.source or os.path.join("data", args.task, "source.hdf5")
+    if args.snapshots is None:
+        beside = os.path.join(os.path.dirname(args.ckpt), "hsp_skill_snapshots.pt")
+        args.snapshots = beside if os.path.exists(beside) else None
+    out = args.out or os.path.join("results", args.task, f"skill_in_loop_stage{args.stage}.json")
+
+    ck, _ = load_hsp_models(args.ckpt, args.task, "state")  # clear error for another task / obs mode
+    n_stages = ck["config"]["n_stages"]
+    if not 0 <= args.stage < n_stages:
+        raise SystemExit(f"error: --stage {args.stage}: {args.task} has stages 0..{n_stages - 1}")
+    cands = ["checkpoint"]
+    if args.snapshots:
+        have = list(torch.load(args.snapshots, weights_only=True)["stages"][args.stage])
+        wanted = args.steps or have
+        missing = [s for s in wanted if s not in have]
+        if missing:
+            raise SystemExit(f"error: no snapshot at step(s) {', '.join(missing)} in {args.snapshots}; "
+                             f"it has {', '.join(have)}")
+        cands += wanted
+    jobs = [(c, "loop", k, None) for c in cands for k in range(args.rollouts)]
+    if args.demo_starts:
+        data = args.data or ck["config"]["train"]["data"]
+        with D.open_dataset(data, args.task) as f:
+            starts = []
+            for key in ck["config"]["train"]["val_demos"]:
+                g = f["data"][key]
+                a = int(g["skill_bounds"][args.stage, 0])
+                if a >= 0:
+                    starts.append((g["states"][a], g["actions"][:a, 6]))
+        jobs += [(c, "demo", k, s) for c in cands for k, s in enumerate(starts)]
+
+    t0, results = time.time(), []
+    with mp.get_context("spawn").Pool(args.workers, initializer=_init, initargs=(args,)) as pool:
+        for r in tqdm(pool.imap_unordered(_run, jobs, chunksize=4), total=len(jobs), desc=f"stage {args.stage}"):
+            results.append(r)
+    name = ck["config"]["stage_names"][args.stage]
+    rows = []
+    for c in cands:
+        row = {"candidate": c}
+        for kind in ("loop", "demo"):
+            got = [r for r in results if r[0] == c and r[1] == kind and r[3]]
+            if kind == "demo" and not args.demo_starts:
+                continue
+            n, ok = len(got), sum(r[4] for r in got)
+            row[kind] = {"trials": n, "successes": ok, "rate": ok / max(n, 1), "wilson95": wilson_interval(ok, n),
+                         "outcomes": sorted((r[2], r[4]) for r in got)}
+        rows.append(row)
+    print(f"\n{args.task} stage {args.stage} ({name}); {args.rollouts} HSP-Priv episodes per candidate "
+          f"(seed {args.seed}), {time.time() - t0:.0f} s\n")
+    head = "| skill | in the loop (%) | Wilson 95 % |" + (" from held-out demo starts (%) | Wilson 95 % |"
+                                                          if args.demo_starts else "")
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    for row in rows:
+        line = f"| {row['candidate']} | " + _cell(row["loop"])
+        if args.demo_starts:
+            line += " | " + _cell(row["demo"])
+        print(line + " |")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"task": args.task, "stage": args.stage, "stage_name": name, "args": vars(args), "rows": rows}, f,
+                  indent=1)
+    print(f"\nwrote {out}")
+
+
+def _cell(r: dict) -> str:
+    lo, hi = r["wilson95"]
+    return f"{100 * r['rate']:.1f} ({r['successes']}/{r['trials']}) | [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+if __name__ == "__main__":
+    main()
