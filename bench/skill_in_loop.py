@@ -94,12 +94,18 @@ def main():
         beside = os.path.join(os.path.dirname(args.ckpt), "hsp_skill_snapshots.pt")
         args.snapshots = beside if os.path.exists(beside) else None
     out = args.out or os.path.join("results", args.task, f"skill_in_loop_stage{args.stage}.json")
+    for path, what in ((args.ckpt, "--ckpt"), (args.source, "--source"), (args.snapshots, "--snapshots")):
+        if path and not os.path.exists(path):
+            raise SystemExit(f"error: {what} {path} does not exist")
 
     ck, _ = load_hsp_models(args.ckpt, args.task, "state")  # clear error for another task / obs mode
     n_stages = ck["config"]["n_stages"]
     if not 0 <= args.stage < n_stages:
         raise SystemExit(f"error: --stage {args.stage}: {args.task} has stages 0..{n_stages - 1}")
     cands = ["checkpoint"]
+    if args.steps and not args.snapshots:
+        raise SystemExit(f"error: --steps needs the selection's snapshots: none beside {args.ckpt} "
+                         f"(train with --select-trials N, or pass --snapshots FILE)")
     if args.snapshots:
         have = list(torch.load(args.snapshots, weights_only=True)["stages"][args.stage])
         wanted = args.steps or have
