@@ -72,6 +72,14 @@ CONNECT_POSTURES = ("reset", "path")
 # shortcutting: interpolate the path to this many states, try this many shortcuts per batch, stop
 # after this many batches without gain
 SIMPLIFY_POINTS, SIMPLIFY_BATCH, SIMPLIFY_IDLE, SIMPLIFY_MAX_BATCHES = 30, 6, 3, 12
+# RRT-Connect's budget is counted in state validity checks, not seconds: with a wall-clock budget
+# a seeded plan came out differently on a loaded machine (a CoffeePreparation connect whose IK took
+# 1.1 s instead of 0.07 s under load had 0.01 s left for RRT-Connect and failed, so the same
+# rollout took another source demo and ended 2 steps later). A check costs 70-115 µs of one core
+# (pybullet, the five scenes), so `time_budget` seconds buy this many checks per second ...
+RRT_CHECKS_PER_SECOND = 10_000
+# ... and the wall clock only guards against a hang, at this multiple of the budget.
+RRT_WALL_GUARD = 20.0
 # retreat from a start in contact: grip-site translations tried (m); tracked with this lookahead (m)
 # and left once the grip site is this close to its end (m)
 RETREAT_DISTANCES, RETREAT_LOOKAHEAD, RETREAT_TOL = (0.02, 0.035, 0.05, 0.07), 0.05, 0.004
@@ -311,8 +319,10 @@ class Planner:
             state of the same env (call `sync`/`plan`/`replan` with it).
         mode: "ompl" (collision-free joint-space planning) or "linear" (task-space interpolation,
             no collision checking, MimicGen's connection).
-        time_budget: seconds given to RRT-Connect per plan (simplification is bounded by a
-            number of shortcut batches, not by time, to stay reproducible).
+        time_budget: RRT-Connect's budget per plan, in seconds of one core: it gets
+            time_budget * RRT_CHECKS_PER_SECOND state validity checks, so that a seeded plan is
+            the same on any machine and under any load (simplification is likewise bounded by a
+            number of shortcut batches); the wall clock stops it only at RRT_WALL_GUARD times that.
         margin: required clearance (m) between robot/held object and the scene. Relaxed for a plan
             whose goal is closer than that, and, when no retreat is made (or none is found), per
             (robot link, scene geom) pair for pairs already closer at the start (so a plan can leave
@@ -994,7 +1004,7 @@ class Planner:
             if mode == "linear":
                 res = self._plan_linear(env, target)
             else:
-                res = self._plan_ompl(env, target, self.time_budget if time_budget is None else time_budget, t0)
+                res = self._plan_ompl(env, target, self.time_budget if time_budget is None else time_budget)
         except Exception as e:  # never raise out of pybullet / OMPL
             res = PlanResult(False, f"error: {type(e).__name__}: {e}", mode, target)
         finally:
@@ -1022,7 +1032,7 @@ class Planner:
         wps = _interp_poses(start, target)
         return PlanResult(True, "", "linear", target, waypoints=wps)
 
-    def _plan_ompl(self, env, target, budget, t0) -> PlanResult:
+    def _plan_ompl(self, env, target, budget) -> PlanResult:
         q_start = self._q_now.copy()
         sweep = bool(self._ghosts)
         self._ghosts_on(False)
@@ -1071,7 +1081,7 @@ class Planner:
             path = np.stack([q_from, q_goal])
             info["planner"] = "direct"
         else:
-            path = self._rrt_connect(q_from, q_goal, valid, max(budget - (time.perf_counter() - t0), 0.01), info)
+            path = self._rrt_connect(q_from, q_goal, valid, budget, info)
             if path is None:
                 return PlanResult(False, NO_PATH, "ompl", target, goal_q=q_goal, info=info)
             info["planner"] = "rrtconnect"
@@ -1186,7 +1196,10 @@ class Planner:
         space.setBounds(bounds)
         ss = og.SimpleSetup(space)
 
+        checks = [0]
+
         def checker(s):
+            checks[0] += 1
             try:
                 return bool(valid(np.array([s[i] for i in range(7)])))
             except Exception:
@@ -1200,9 +1213,13 @@ class Planner:
         for i in range(7):
             st[i], gl[i] = float(q_start[i]), float(q_goal[i])
         ss.setStartAndGoalStates(st, gl)
+        max_checks = max(1, int(round(budget * RRT_CHECKS_PER_SECOND)))
+        out_of_checks = ob.PlannerTerminationCondition(lambda: checks[0] >= max_checks)  # asked every iteration
+        ptc = ob.plannerOrTerminationCondition(out_of_checks,
+                                               ob.timedPlannerTerminationCondition(RRT_WALL_GUARD * float(budget)))
         t = time.perf_counter()
-        ss.solve(float(budget))
-        info["rrt_time"] = time.perf_counter() - t
+        ss.solve(ptc)
+        info["rrt_time"], info["rrt_checks"] = time.perf_counter() - t, checks[0]
         if not ss.haveExactSolutionPath():
             return None
         t = time.perf_counter()

@@ -11,7 +11,7 @@ import robosuite
 import common  # noqa: F401  (registers the kit's tasks)
 from common import pose as P
 from common.env import KitEnv, KitTask, box_geom, make_env, uniform_sampler, xml_object
-from common.planner import GOAL_IN_COLLISION, IK_FAILED, START_IN_COLLISION, Planner, PlanResult
+from common.planner import GOAL_IN_COLLISION, IK_FAILED, RRT_CHECKS_PER_SECOND, START_IN_COLLISION, Planner, PlanResult
 from common.scripted import GRIPPER_CLOSED, GRIPPER_OPEN, Demonstrator, top_down
 
 WALL_POS = (-0.1, 0.15, 0.92)
@@ -265,6 +265,42 @@ def test_plan_around_wall_executes_without_contact(wall_env):
         assert ex.success, ex
         assert ex.pos_err < 0.005 and ex.rot_err < np.radians(3)
         assert counter[0] == 0
+    finally:
+        pl.close()
+
+
+def test_a_seeded_plan_is_the_same_however_slow_the_machine(wall_env, monkeypatch):
+    """RRT-Connect's budget is a number of validity checks, not seconds: the same seeded plan
+    with every check 10x slower (a loaded machine) finds the same path within the same budget.
+    With a wall-clock budget it ran out of time, or found another path."""
+    import time as _time
+    env = wall_env
+    env.reset(seed=0)
+    goal = P.make_pose([-0.1, 0.3, 0.9], top_down(0.0))
+    pl = Planner(env, seed=0)
+    try:
+        pl.reseed(5)
+        first = pl.plan(env, goal, time_budget=0.1)
+        assert first.success and first.info["planner"] == "rrtconnect", first.reason
+        assert 0 < first.info["rrt_checks"] <= 0.1 * RRT_CHECKS_PER_SECOND
+        validity = pl._validity
+
+        def slow_validity(*a, **kw):
+            valid = validity(*a, **kw)
+
+            def check(q):
+                t = _time.perf_counter()
+                ok = valid(q)
+                _time.sleep(9 * (_time.perf_counter() - t) + 2e-4)  # every check ~10x as long
+                return ok
+            return check
+        monkeypatch.setattr(pl, "_validity", slow_validity)
+        pl.reseed(5)
+        slow = pl.plan(env, goal, time_budget=0.1)
+        assert slow.success, slow.reason
+        assert slow.info["rrt_time"] > 0.1  # beyond the old wall-clock budget
+        assert slow.info["rrt_checks"] == first.info["rrt_checks"]
+        np.testing.assert_array_equal(slow.joint_path, first.joint_path)
     finally:
         pl.close()
 
