@@ -158,7 +158,7 @@ def main():
     ap.add_argument("--tasks", nargs="*", default=None, help="default: every registered task")
     ap.add_argument("--modes", nargs="*", default=["ompl", "linear"])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--time-budget", type=float, default=1.0, help="RRT-Connect seconds per plan")
+    ap.add_argument("--time-budget", type=float, default=1.0, help="RRT-Connect budget per plan, in seconds of one core (x RRT_CHECKS_PER_SECOND validity checks)")
     ap.add_argument("--start", choices=["reset", "pregrasp"], default="reset",
                     help="start state: the reset pose, or a pre-grasp pose above another object")
     args = ap.parse_args()

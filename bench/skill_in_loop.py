@@ -12,7 +12,10 @@ scene. This script scores each snapshot of `--stage` both ways, on the same netw
 - from demo starts (`--demo-starts`): one trial from each held-out demo's skill start, as the
   selection runs them, with seeds of its own.
 
-Prints a Markdown table and writes it with the per-rollout outcomes as JSON.
+Each trial also records the arm's joint-limit room at the skill start (the least distance, in rad,
+of an arm joint to its limit): a second table splits the successes by it (`--room-bins`).
+
+Prints the Markdown tables and writes them with the per-rollout outcomes as JSON.
 
     python bench/skill_in_loop.py --task CoffeePreparation_D2 --ckpt runs_rnn/CoffeePreparation_D2/hsp.pt \
         --stage 1 --rollouts 100 --demo-starts --workers 2
@@ -36,6 +39,8 @@ from common.hsp_checkpoint import load_hsp_models  # noqa: E402
 from common.planner import Planner  # noqa: E402
 from common.presets import eval_seed  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 DEMO_START_SEED = 5_000_000  # GMM draws of the demo-start trials (the selection's are 1_000_003 * stage + t)
 _W: dict = {}
 
@@ -52,8 +57,28 @@ def _init(args):
               snaps=snaps, loaded=None)
 
 
+def _joint_room(env) -> tuple[float, int]:
+    """(room, joint): the least distance (rad) of an arm joint to its limit now, and which joint."""
+    sim, robot = env.raw.sim, env.raw.robots[0]
+    q = sim.data.qpos[robot._ref_joint_pos_indexes]
+    lo, hi = sim.model.jnt_range[[sim.model.joint_name2id(n) for n in robot.robot_joints]].T
+    room = np.minimum(q - lo, hi - q)
+    return float(room.min()), int(room.argmin()) + 1
+
+
+class _RoomAgent(HSPAgent):
+    """HSPAgent that notes the arm's joint room when stage `room_stage`'s skill starts."""
+    room_stage, start_room = -1, None
+
+    def _skill(self, i):
+        if i == self.room_stage:
+            self.start_room = _joint_room(self.env)
+        return super()._skill(i)
+
+
 def _run(job):
-    """job = (candidate, kind, index, payload) -> (candidate, kind, index, reached, success)."""
+    """job = (candidate, kind, index, payload) -> (candidate, kind, index, reached, success,
+    (room, joint) at the skill start or None)."""
     cand, kind, k, payload = job
     args, models, i = _W["args"], _W["models"], _W["args"].stage
     if _W["loaded"] != cand:
@@ -61,14 +86,17 @@ def _run(job):
         models[i]["skill"].load_state_dict(weights)
         _W["loaded"] = cand
     if kind == "loop":
-        agent = HSPAgent(_W["env"], models, _W["ck"]["config"], _W["planner"], variant_options("HSP-Priv"),
-                         _W["sources"])
+        agent = _RoomAgent(_W["env"], models, _W["ck"]["config"], _W["planner"], variant_options("HSP-Priv"),
+                           _W["sources"])
+        agent.room_stage = i
         r = agent.run_episode(eval_seed(args.seed, k), last_stage=i)
-        reached = r.stages_attempted > i
-        return cand, kind, k, reached, bool(reached and r.stage_success[i])
+        reached = r.stages_attempted > i  # as 06_evaluate.py's per-stage columns: a failed plan counts
+        return cand, kind, k, reached, bool(reached and r.stage_success[i]), agent.start_room
     state, grip = payload
     agent = HSPAgent(_W["env"], models, _W["ck"]["config"], None, AgentOptions(termination="oracle"))
-    return cand, kind, k, True, bool(agent.run_skill(i, state, DEMO_START_SEED + k, grip).success)
+    _W["env"].reset_to(state, grip)
+    room = _joint_room(_W["env"])
+    return cand, kind, k, True, bool(agent.run_skill(i, state, DEMO_START_SEED + k, grip).success), room
 
 
 def main():
@@ -86,6 +114,8 @@ def main():
     p.add_argument("--source", default=None, help="default: data/<task>/source.hdf5")
     p.add_argument("--seed", type=int, default=1, help="06_evaluate.py's seed numbering (0 is the evaluation's)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--room-bins", type=float, nargs="+", default=[0.2, 0.4],
+                   help="edges (rad) of the joint-room classes of the second table")
     p.add_argument("--out", default=None, help="JSON (default: results/<task>/skill_in_loop_stage<k>.json)")
     args = p.parse_args()
     args.ckpt = args.ckpt or os.path.join("runs", args.task, "hsp.pt")
@@ -140,7 +170,8 @@ def main():
                 continue
             n, ok = len(got), sum(r[4] for r in got)
             row[kind] = {"trials": n, "successes": ok, "rate": ok / max(n, 1), "wilson95": wilson_interval(ok, n),
-                         "outcomes": sorted((r[2], r[4]) for r in got)}
+                         # (trial, success, joint room at the skill start or None, its joint 1-7)
+                         "outcomes": sorted((r[2], r[4], *(r[5] or (None, None))) for r in got)}
         rows.append(row)
     print(f"\n{args.task} stage {args.stage} ({name}); {args.rollouts} HSP-Priv episodes per candidate "
           f"(seed {args.seed}), {time.time() - t0:.0f} s\n")
@@ -153,11 +184,37 @@ def main():
         if args.demo_starts:
             line += " | " + _cell(row["demo"])
         print(line + " |")
+    room_rows = _room_table(rows, sorted(args.room_bins), args.demo_starts)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"task": args.task, "stage": args.stage, "stage_name": name, "args": vars(args), "rows": rows}, f,
-                  indent=1)
+        json.dump({"task": args.task, "stage": args.stage, "stage_name": name, "args": vars(args), "rows": rows,
+                   "by_joint_room": room_rows}, f, indent=1)
     print(f"\nwrote {out}")
+
+
+def _room_table(rows: list, edges: list, demo_starts: bool) -> list:
+    """Print and return the successes split by the arm's joint room at the skill start."""
+    bounds = [-np.inf] + list(edges) + [np.inf]
+    classes = [f"< {edges[0]}"] + [f"{a}–{b}" for a, b in zip(edges, edges[1:])] + [f"≥ {edges[-1]}"]
+    kinds = ["loop", "demo"] if demo_starts else ["loop"]
+    print("\nBy the arm's joint-limit room (rad) at the skill start: successes / trials (%), and the "
+          "joint nearest its limit most often\n")
+    head = "| skill | room | " + " | ".join({"loop": "in the loop", "demo": "from demo starts"}[k] for k in kinds) + " |"
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    out = []
+    for row in rows:
+        for cls, lo, hi in zip(classes, bounds, bounds[1:]):
+            cells, entry = [], {"candidate": row["candidate"], "room": cls}
+            for kind in kinds:
+                got = [o for o in row[kind]["outcomes"] if o[2] is not None and lo <= o[2] < hi]
+                ok = sum(o[1] for o in got)
+                joint = int(np.bincount([o[3] for o in got]).argmax()) if got else None
+                entry[kind] = {"trials": len(got), "successes": ok, "joint": joint}
+                cells.append(f"{ok}/{len(got)} ({100 * ok / len(got):.0f} %), joint {joint}" if got else "0/0")
+            print(f"| {row['candidate']} | {cls} | " + " | ".join(cells) + " |")
+            out.append(entry)
+    return out
 
 
 def _cell(r: dict) -> str:
