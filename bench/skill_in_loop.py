@@ -107,6 +107,8 @@ def main():
                    help="skill snapshots of the selection (default: hsp_skill_snapshots.pt beside --ckpt, if any)")
     p.add_argument("--steps", nargs="+", default=None,
                    help="snapshot steps to score (default: every snapshot of the stage), besides the checkpoint's own")
+    p.add_argument("--checkpoint-only", action="store_true",
+                   help="score the checkpoint's skill alone, not the selection's snapshots beside it")
     p.add_argument("--stage", type=int, default=1)
     p.add_argument("--rollouts", type=int, default=100, help="HSP-Priv episodes per candidate")
     p.add_argument("--demo-starts", action="store_true", help="also one trial from each held-out demo's skill start")
@@ -120,7 +122,9 @@ def main():
     args = p.parse_args()
     args.ckpt = args.ckpt or os.path.join("runs", args.task, "hsp.pt")
     args.source = args.source or os.path.join("data", args.task, "source.hdf5")
-    if args.snapshots is None:
+    if args.checkpoint_only and (args.steps or args.snapshots):
+        raise SystemExit("error: --checkpoint-only scores no snapshots; leave out --steps and --snapshots")
+    if args.snapshots is None and not args.checkpoint_only:
         beside = os.path.join(os.path.dirname(args.ckpt), "hsp_skill_snapshots.pt")
         args.snapshots = beside if os.path.exists(beside) else None
     out = args.out or os.path.join("results", args.task, f"skill_in_loop_stage{args.stage}.json")
