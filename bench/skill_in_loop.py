@@ -28,6 +28,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -38,8 +39,6 @@ from common.hsp import AgentOptions, HSPAgent, variant_options, wilson_interval 
 from common.hsp_checkpoint import load_hsp_models  # noqa: E402
 from common.planner import Planner  # noqa: E402
 from common.presets import eval_seed  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 DEMO_START_SEED = 5_000_000  # GMM draws of the demo-start trials (the selection's are 1_000_003 * stage + t)
 _W: dict = {}
