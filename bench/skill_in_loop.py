@@ -66,7 +66,8 @@ def _joint_room(env) -> tuple[float, int]:
 
 
 class _RoomAgent(HSPAgent):
-    """HSPAgent that notes the arm's joint room when stage `room_stage`'s skill starts."""
+    """HSPAgent that notes the arm's joint room when stage `room_stage`'s skill starts (in an
+    episode, or from a restored demo start with `run_skill`)."""
     room_stage, start_room = -1, None
 
     def _skill(self, i):
@@ -92,10 +93,10 @@ def _run(job):
         reached = r.stages_attempted > i  # as 06_evaluate.py's per-stage columns: a failed plan counts
         return cand, kind, k, reached, bool(reached and r.stage_success[i]), agent.start_room
     state, grip = payload
-    agent = HSPAgent(_W["env"], models, _W["ck"]["config"], None, AgentOptions(termination="oracle"))
-    _W["env"].reset_to(state, grip)
-    room = _joint_room(_W["env"])
-    return cand, kind, k, True, bool(agent.run_skill(i, state, DEMO_START_SEED + k, grip).success), room
+    agent = _RoomAgent(_W["env"], models, _W["ck"]["config"], None, AgentOptions(termination="oracle"))
+    agent.room_stage = i
+    ok = bool(agent.run_skill(i, state, DEMO_START_SEED + k, grip).success)
+    return cand, kind, k, True, ok, agent.start_room
 
 
 def main():
