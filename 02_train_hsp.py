@@ -53,7 +53,7 @@ from tqdm import tqdm
 import common
 from common import data as D
 from common import pose as P
-from common.env import check_task_name, default_cameras, make_env, object_in_eef_frame
+from common.env import check_task_name, default_cameras, make_env, object_in_eef_frame, proprio_without_joints
 from common.hsp_checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
 from common.nets import ObsNormalizer, build_stage_models, count_params, rot6d_to_matrix
 from common.presets import IMAGE_SIZE, get_preset
@@ -61,7 +61,10 @@ from common.presets import IMAGE_SIZE, get_preset
 # State-mode inputs: proprio + object poses (world frame) + object poses in the end-effector frame.
 # The last is derived from the first two (common.env.object_in_eef_frame) and is what makes the
 # skills precise: 264 Threading demos, HSP-Priv 38 % without it (see README, Table I).
-STATE_KEYS = ("proprio", "object", "object_rel")
+STATE_KEYS = ("proprio", "object", "object_rel")  # the default inputs of --obs state
+# --state-keys may also name proprio_without_joints (robomimic's low-dim robot keys), instead of proprio
+STATE_KEY_CHOICES = STATE_KEYS + ("proprio_without_joints",)
+DERIVED_KEYS = ("object_rel", "proprio_without_joints")  # recomputed from proprio (+ object) when loading
 # Each network keeps its weights from the validation evaluation where this metric was lowest
 # (early stopping; --keep-last turns it off). Skills are selected on the deterministic action's
 # error, not the GMM NLL: the NLL keeps worsening as the variances shrink while the mode improves.
@@ -75,8 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--task", default="Threading_D2", help=f"one of: {', '.join(sorted(common.TASKS))}")
     p.add_argument("--obs", default="state", choices=["state", "image"])
     p.add_argument("--preset", default="quick", choices=["quick", "paper"])
-    p.add_argument("--state-keys", nargs="+", default=list(STATE_KEYS), choices=list(STATE_KEYS),
-                   help="low-dimensional inputs in --obs state (ablation: drop object_rel)")
+    p.add_argument("--state-keys", nargs="+", default=list(STATE_KEYS), choices=list(STATE_KEY_CHOICES),
+                   help="low-dimensional inputs in --obs state (ablations: drop object_rel; "
+                        "proprio_without_joints instead of proprio: no joint positions)")
     p.add_argument("--data", default=None, help="generated HDF5 (default: data/<task>/generated.hdf5)")
     p.add_argument("--out", default="runs", help="output root; files go to <out>/<task>/")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -163,8 +167,10 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
                                   f"--data <out>/{task}/generated_images.hdf5), generate with --images, "
                                   f"or train with --obs state")
         obs_keys = low_dim + [f"{c}_image" for c in cameras]
-        derived = [k for k in obs_keys if k == "object_rel"]  # always recomputed from proprio + object
-        stored = [k for k in obs_keys if k not in derived] + [k for k in ("proprio", "object") if derived and k not in obs_keys]
+        derived = [k for k in obs_keys if k in DERIVED_KEYS]  # always recomputed from proprio (+ object)
+        needs = {"object_rel": ("proprio", "object"), "proprio_without_joints": ("proprio",)}
+        stored = [k for k in obs_keys if k not in derived]
+        stored += [k for k in dict.fromkeys(n for d in derived for n in needs[d]) if k not in stored]
         for k in stored:
             if k not in g0["obs"]:
                 raise D.DataError(f"{path}: {keys[0]} lacks obs/{k} needed by --obs {obs_mode}")
@@ -190,9 +196,11 @@ def load_flat(path: str, task: str, obs_mode: str, max_demos: int | None = None,
             init_open.append(g["actions"][np.maximum(starts - 1, 0), 6] < 0)
             row += T
     data = {"obs": {k: np.concatenate(v) for k, v in cols.items()}}
-    if derived:
+    if "object_rel" in derived:
         n_objects = len(make_env(task, obs_mode="state").object_names)
         data["obs"]["object_rel"] = object_in_eef_frame(data["obs"]["proprio"], data["obs"]["object"], n_objects)
+    if "proprio_without_joints" in derived:
+        data["obs"]["proprio_without_joints"] = proprio_without_joints(data["obs"]["proprio"])
     data["obs"] = {k: data["obs"][k] for k in obs_keys}
     data.update({k: np.concatenate(v) for k, v in rest.items()})
     data.update(init_pose=np.stack(init_pose), init_ref_pose=np.stack(init_ref), init_gripper_open=np.stack(init_open),

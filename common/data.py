@@ -107,6 +107,8 @@ class EpisodeRecorder:
         r["eef_pose"].append(env.eef_pose())
         r["gripper_action"].append([float(action[-1])])
         for k, v in obs.items():
+            if k == "proprio_without_joints":  # a slice of proprio, re-derived when a dataset is loaded
+                continue
             self.obs.setdefault(k, []).append(np.asarray(v))
         for n, T in env.tracked_poses().items():
             self.object_poses[n].append(T)

@@ -396,12 +396,22 @@ def object_in_eef_frame(proprio: np.ndarray, object_state: np.ndarray, n_objects
     return rel[0] if single else rel
 
 
+PROPRIO_EEF_DIMS = 8  # proprio = eef position (3), axis-angle (3), fingers (2), then joint positions (7)
+
+
+def proprio_without_joints(proprio: np.ndarray) -> np.ndarray:
+    """proprio without the 7 joint positions: what robomimic's low-dim robot keys hold (eef
+    position, rotation, gripper fingers), the inputs MimicGen's BC policies read."""
+    return np.asarray(proprio)[..., :PROPRIO_EEF_DIMS]
+
+
 class KitEnv:
     """Gym-like wrapper producing the kit's observations. `raw` is the robosuite env.
 
     obs keys: "proprio" (15,), "object" (7 per object: pos + quat xyzw, then articulation joints;
     state mode only), "object_rel" (9 per object: pose in the end-effector frame; state mode only),
-    "<camera>_image" (H, W, 3) uint8 (image mode only).
+    "proprio_without_joints" (8,: proprio's end-effector pose and fingers, robomimic's low-dim robot
+    keys; state mode only), "<camera>_image" (H, W, 3) uint8 (image mode only).
     """
 
     def __init__(self, raw: KitTask, obs_mode: str, cameras: list[str], horizon: int):
@@ -463,6 +473,7 @@ class KitEnv:
         if self.obs_mode == "state":
             obs["object"] = self.object_state()
             obs["object_rel"] = self.object_rel(obs["proprio"], obs["object"])
+            obs["proprio_without_joints"] = proprio_without_joints(obs["proprio"])
         else:
             if raw_obs is None:
                 raw_obs = self.raw._get_observations(force_update=True)

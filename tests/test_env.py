@@ -25,6 +25,10 @@ def test_state_observations_and_proprio_layout():
     # the batched form (used on whole data files) gives the same rows
     batch = object_in_eef_frame(np.stack([obs["proprio"]] * 2), np.stack([obs["object"]] * 2), len(env.object_names))
     np.testing.assert_allclose(batch[1], obs["object_rel"], atol=1e-6)
+    # proprio_without_joints: robomimic's low-dim robot keys (eef pose, fingers), no joint positions
+    np.testing.assert_array_equal(obs["proprio_without_joints"], obs["proprio"][:8])
+    q = env.raw.sim.data.qpos[env.raw.robots[0]._ref_joint_pos_indexes]
+    np.testing.assert_allclose(obs["proprio"][8:], q, atol=1e-6)  # what it leaves out
 
 
 def test_osc_delta_actions_move_the_end_effector_as_commanded():

@@ -67,6 +67,19 @@ def test_loaded_models_give_valid_outputs(trained, dataset):
             assert p.shape == (len(rows),) and ((p >= 0) & (p <= 1)).all()
 
 
+def test_proprio_without_joints_is_derived_on_load_and_never_stored(dataset):
+    import h5py
+    with h5py.File(dataset, "r") as f:
+        first = f["data"][sorted(f["data"])[0]]
+        assert "proprio_without_joints" not in first["obs"]  # a slice of proprio: not written
+    full = train.load_flat(dataset, TASK, "state")
+    data = train.load_flat(dataset, TASK, "state", state_keys=("proprio_without_joints", "object", "object_rel"))
+    assert data["low_dim_keys"] == ["proprio_without_joints", "object", "object_rel"]
+    assert set(data["obs"]) == {"proprio_without_joints", "object", "object_rel"}
+    np.testing.assert_array_equal(data["obs"]["proprio_without_joints"], full["obs"]["proprio"][:, :8])
+    np.testing.assert_array_equal(data["obs"]["object_rel"], full["obs"]["object_rel"])
+
+
 def test_wrong_task_or_obs_mode_is_a_clear_error(trained, dataset):
     out, _ = trained
     path = os.path.join(out, TASK, "hsp.pt")
