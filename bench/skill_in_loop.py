@@ -15,6 +15,9 @@ scene. This script scores each snapshot of `--stage` both ways, on the same netw
 Each trial also records the arm's joint-limit room at the skill start (the least distance, in rad,
 of an arm joint to its limit): a second table splits the successes by it (`--room-bins`).
 
+`--skill-from CKPT` scores another checkpoint's skill for `--stage` (e.g. one trained with other
+inputs or another LSTM width) in the loop of `--ckpt`'s other networks, on the same episodes.
+
 Prints the Markdown tables and writes them with the per-rollout outcomes as JSON.
 
     python bench/skill_in_loop.py --task CoffeePreparation_D2 --ckpt runs_rnn/CoffeePreparation_D2/hsp.pt \
@@ -37,6 +40,7 @@ from common import data as D  # noqa: E402
 from common.env import make_env  # noqa: E402
 from common.hsp import AgentOptions, HSPAgent, variant_options, wilson_interval  # noqa: E402
 from common.hsp_checkpoint import load_hsp_models  # noqa: E402
+from common.nets import ObsHistory, obs_keys  # noqa: E402
 from common.planner import Planner  # noqa: E402
 from common.presets import eval_seed  # noqa: E402
 
@@ -51,7 +55,13 @@ def _init(args):
     env.reset(seed=0)  # robosuite steps only after a reset; demo-start trials then restore states
     demos, _ = D.load_all(args.source, task=args.task)
     snaps = torch.load(args.snapshots, weights_only=True)["stages"] if args.snapshots else None
-    _W.update(args=args, ck=ck, models=models, env=env, sources=D.SourceSegments(demos, env.stages),
+    keys = obs_keys(ck["config"])
+    if args.skill_from:  # the stage's skill (network and weights) from another checkpoint
+        other, other_models = load_hsp_models(args.skill_from, args.task, "state")
+        models[args.stage]["skill"] = other_models[args.stage]["skill"]
+        ck["stages"][args.stage]["skill"] = other["stages"][args.stage]["skill"]
+        keys += [k for k in obs_keys(other["config"]) if k not in keys]  # e.g. proprio_without_joints
+    _W.update(args=args, ck=ck, models=models, env=env, sources=D.SourceSegments(demos, env.stages), keys=keys,
               planner=Planner(env, mode="ompl", seed=0, posture=ck["config"].get("connect_posture", "reset")),
               snaps=snaps, loaded=None)
 
@@ -76,6 +86,15 @@ class _RoomAgent(HSPAgent):
         return super()._skill(i)
 
 
+def _agent(planner, options):
+    """A _RoomAgent noting stage --stage's start room, whose observation history holds every key
+    the networks read (with --skill-from, also those of the other checkpoint's skill)."""
+    agent = _RoomAgent(_W["env"], _W["models"], _W["ck"]["config"], planner, options, _W["sources"])
+    agent.history = ObsHistory(_W["ck"]["config"]["obs"]["frame_stack"], _W["keys"])
+    agent.room_stage = _W["args"].stage
+    return agent
+
+
 def _run(job):
     """job = (candidate, kind, index, payload) -> (candidate, kind, index, reached, success,
     (room, joint) at the skill start or None)."""
@@ -86,15 +105,12 @@ def _run(job):
         models[i]["skill"].load_state_dict(weights)
         _W["loaded"] = cand
     if kind == "loop":
-        agent = _RoomAgent(_W["env"], models, _W["ck"]["config"], _W["planner"], variant_options("HSP-Priv"),
-                           _W["sources"])
-        agent.room_stage = i
+        agent = _agent(_W["planner"], variant_options("HSP-Priv"))
         r = agent.run_episode(eval_seed(args.seed, k), last_stage=i)
         reached = r.stages_attempted > i  # as 06_evaluate.py's per-stage columns: a failed plan counts
         return cand, kind, k, reached, bool(reached and r.stage_success[i]), agent.start_room
     state, grip = payload
-    agent = _RoomAgent(_W["env"], models, _W["ck"]["config"], None, AgentOptions(termination="oracle"))
-    agent.room_stage = i
+    agent = _agent(None, AgentOptions(termination="oracle"))
     ok = bool(agent.run_skill(i, state, DEMO_START_SEED + k, grip).success)
     return cand, kind, k, True, ok, agent.start_room
 
@@ -109,6 +125,8 @@ def main():
                    help="snapshot steps to score (default: every snapshot of the stage), besides the checkpoint's own")
     p.add_argument("--checkpoint-only", action="store_true",
                    help="score the checkpoint's skill alone, not the selection's snapshots beside it")
+    p.add_argument("--skill-from", default=None,
+                   help="score this checkpoint's skill for --stage instead of --ckpt's (no snapshots, as --checkpoint-only)")
     p.add_argument("--stage", type=int, default=1)
     p.add_argument("--rollouts", type=int, default=100, help="HSP-Priv episodes per candidate")
     p.add_argument("--demo-starts", action="store_true", help="also one trial from each held-out demo's skill start")
@@ -122,18 +140,26 @@ def main():
     args = p.parse_args()
     args.ckpt = args.ckpt or os.path.join("runs", args.task, "hsp.pt")
     args.source = args.source or os.path.join("data", args.task, "source.hdf5")
+    args.checkpoint_only = args.checkpoint_only or bool(args.skill_from)  # that checkpoint's skill, no snapshots
     if args.checkpoint_only and (args.steps or args.snapshots):
-        raise SystemExit("error: --checkpoint-only scores no snapshots; leave out --steps and --snapshots")
+        raise SystemExit("error: --checkpoint-only and --skill-from score no snapshots; leave out --steps and --snapshots")
     if args.snapshots is None and not args.checkpoint_only:
         beside = os.path.join(os.path.dirname(args.ckpt), "hsp_skill_snapshots.pt")
         args.snapshots = beside if os.path.exists(beside) else None
     out = args.out or os.path.join("results", args.task, f"skill_in_loop_stage{args.stage}.json")
-    for path, what in ((args.ckpt, "--ckpt"), (args.source, "--source"), (args.snapshots, "--snapshots")):
+    for path, what in ((args.ckpt, "--ckpt"), (args.source, "--source"), (args.snapshots, "--snapshots"),
+                       (args.skill_from, "--skill-from")):
         if path and not os.path.exists(path):
             raise SystemExit(f"error: {what} {path} does not exist")
 
     ck, _ = load_hsp_models(args.ckpt, args.task, "state")  # clear error for another task / obs mode
     n_stages = ck["config"]["n_stages"]
+    if args.skill_from:
+        other, _ = load_hsp_models(args.skill_from, args.task, "state")
+        stack = (ck["config"]["obs"]["frame_stack"], other["config"]["obs"]["frame_stack"])
+        if stack[0] != stack[1]:
+            raise SystemExit(f"error: --skill-from {args.skill_from} reads {stack[1]} frames, --ckpt {stack[0]}: "
+                             f"the episode keeps one observation history; train both with the same frame stack")
     if not 0 <= args.stage < n_stages:
         raise SystemExit(f"error: --stage {args.stage}: {args.task} has stages 0..{n_stages - 1}")
     cands = ["checkpoint"]
@@ -167,7 +193,7 @@ def main():
     name = ck["config"]["stage_names"][args.stage]
     rows = []
     for c in cands:
-        row = {"candidate": c}
+        row = {"candidate": "skill-from" if args.skill_from and c == "checkpoint" else c}
         for kind in ("loop", "demo"):
             got = [r for r in results if r[0] == c and r[1] == kind and r[3]]
             if kind == "demo" and not args.demo_starts:
