@@ -42,7 +42,7 @@ from tqdm import tqdm
 import common
 from common import data as D
 from common.env import check_task_name, make_env
-from common.hsp import VARIANTS, HSPAgent, summarize, variant_options, wilson_interval
+from common.hsp import VARIANTS, HSPAgent, skill_action_option, summarize, variant_options, wilson_interval
 from common.hsp_checkpoint import CheckpointError, load_hsp_models
 from common.planner import CONNECT_POSTURES
 from common.presets import PAPER_TABLE1, POSE_NOISE_SIGMAS, eval_seed, get_preset
@@ -69,8 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--termination", default=None, choices=["oracle", "learned"],
                    help="override every variant's termination (Table III compares the two)")
     p.add_argument("--action-noise", type=float, default=None, help="override: σ on skill pose actions")
-    p.add_argument("--skill-action", default=None, choices=["component", "mode", "sample"],
-                   help="override how the GMM skill acts (default component: robomimic's low-noise eval)")
+    p.add_argument("--skill-action", default=None, nargs="+", choices=["component", "mode", "sample"],
+                   help="override how the GMM skills act (default component: robomimic's low-noise eval; mode: "
+                        "the deterministic action): one value for every stage, or one per stage")
     p.add_argument("--finish-skill", default=None, choices=["on", "off"],
                    help="override: after T fires, run the skill for the data's post-termination steps "
                         "(default on; off: stop the skill when T fires)")
@@ -114,7 +115,10 @@ def make_jobs(args, n_stages: int) -> list[dict]:
     if args.action_noise is not None:
         overrides["action_noise"] = args.action_noise
     if args.skill_action is not None:
-        overrides["skill_action"] = args.skill_action
+        try:
+            overrides["skill_action"] = skill_action_option(args.skill_action, n_stages)
+        except ValueError as e:
+            raise SystemExit(f"error: --skill-action: {e}")
     if args.source_select is not None:
         overrides["source_select"] = args.source_select
     if args.finish_skill is not None:

@@ -38,7 +38,7 @@ from tqdm import tqdm  # noqa: E402
 import common  # noqa: E402
 from common import data as D  # noqa: E402
 from common.env import make_env  # noqa: E402
-from common.hsp import AgentOptions, HSPAgent, variant_options, wilson_interval  # noqa: E402
+from common.hsp import AgentOptions, HSPAgent, skill_action_option, variant_options, wilson_interval  # noqa: E402
 from common.hsp_checkpoint import load_hsp_models  # noqa: E402
 from common.nets import ObsHistory, obs_keys  # noqa: E402
 from common.planner import Planner  # noqa: E402
@@ -105,12 +105,12 @@ def _run(job):
         models[i]["skill"].load_state_dict(weights)
         _W["loaded"] = cand
     if kind == "loop":
-        agent = _agent(_W["planner"], variant_options("HSP-Priv"))
+        agent = _agent(_W["planner"], variant_options("HSP-Priv", skill_action=args.skill_action))
         r = agent.run_episode(eval_seed(args.seed, k), last_stage=i)
         reached = r.stages_attempted > i  # as 06_evaluate.py's per-stage columns: a failed plan counts
         return cand, kind, k, reached, bool(reached and r.stage_success[i]), agent.start_room
     state, grip = payload
-    agent = _agent(None, AgentOptions(termination="oracle"))
+    agent = _agent(None, AgentOptions(termination="oracle", skill_action=args.skill_action))
     ok = bool(agent.run_skill(i, state, DEMO_START_SEED + k, grip).success)
     return cand, kind, k, True, ok, agent.start_room
 
@@ -127,6 +127,8 @@ def main():
                    help="score the checkpoint's skill alone, not the selection's snapshots beside it")
     p.add_argument("--skill-from", default=None,
                    help="score this checkpoint's skill for --stage instead of --ckpt's (no snapshots, as --checkpoint-only)")
+    p.add_argument("--skill-action", nargs="+", default=["component"], choices=["component", "mode", "sample"],
+                   help="how the GMM skills act, one value or one per stage (06_evaluate.py's --skill-action)")
     p.add_argument("--stage", type=int, default=1)
     p.add_argument("--rollouts", type=int, default=100, help="HSP-Priv episodes per candidate")
     p.add_argument("--demo-starts", action="store_true", help="also one trial from each held-out demo's skill start")
@@ -162,6 +164,10 @@ def main():
                              f"the episode keeps one observation history; train both with the same frame stack")
     if not 0 <= args.stage < n_stages:
         raise SystemExit(f"error: --stage {args.stage}: {args.task} has stages 0..{n_stages - 1}")
+    try:
+        args.skill_action = skill_action_option(args.skill_action, n_stages)
+    except ValueError as e:
+        raise SystemExit(f"error: --skill-action: {e}")
     cands = ["checkpoint"]
     if args.steps and not args.snapshots:
         raise SystemExit(f"error: --steps needs the selection's snapshots: none beside {args.ckpt} "

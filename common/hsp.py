@@ -72,8 +72,9 @@ class AgentOptions:
     skill_budget_factor: float = SKILL_BUDGET_FACTOR
     # How π_θi's GMM gives an action: "component" = robomimic's low-noise evaluation (sample the
     # mixture component with the episode's seeded generator, take its mean); "mode" = the most
-    # probable component's mean (deterministic); "sample" = draw from the full mixture.
-    skill_action: str = "component"
+    # probable component's mean (deterministic); "sample" = draw from the full mixture. One value
+    # for every stage, or a tuple with one per stage.
+    skill_action: str | tuple = "component"
     # Finish the skill as the data did: once T fires, run π_θi for the demos' median number of
     # steps after T_i(s) first held (the checkpoint's post_termination_steps: a grasp's lift, an
     # insertion's release and retreat), so that the next stage's connect starts where the data's
@@ -90,8 +91,9 @@ class AgentOptions:
     def __post_init__(self):
         checks = (("pose", self.pose, ("learned", "privileged")),
                   ("termination", self.termination, ("oracle", "learned")),
-                  ("source_select", self.source_select, ("task", "random", "nearest", "wrist")),
-                  ("skill_action", self.skill_action, ("component", "mode", "sample")))
+                  ("source_select", self.source_select, ("task", "random", "nearest", "wrist")))
+        per_stage = self.skill_action if isinstance(self.skill_action, (tuple, list)) else (self.skill_action,)
+        checks += tuple(("skill_action", v, ("component", "mode", "sample")) for v in per_stage)
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"AgentOptions.{name} = {value!r}; choose one of {allowed}")
@@ -105,7 +107,8 @@ class AgentOptions:
         if self.action_noise:
             parts.append(f"action noise σ={self.action_noise}")
         if self.skill_action != "component":
-            parts.append(f"skill action: {self.skill_action}")
+            how = self.skill_action if isinstance(self.skill_action, str) else " / ".join(self.skill_action)
+            parts.append(f"skill action: {how}")
         if not self.finish_skill:
             parts.append("skill stops when T fires")
         return ", ".join(parts)
@@ -118,6 +121,16 @@ VARIANTS: dict[str, AgentOptions] = {
     "HSP": AgentOptions(pose="learned", replan=False, termination="oracle"),
     "HSP+Replan": AgentOptions(pose="learned", replan=True, termination="oracle"),
 }
+
+
+def skill_action_option(values: list, n_stages: int):
+    """A --skill-action command-line value as AgentOptions.skill_action: one value for every stage
+    (a str, as the default), or a tuple of one per stage."""
+    if len(values) == 1:
+        return values[0]
+    if len(values) != n_stages:
+        raise ValueError(f"give one value or one per stage; the task has {n_stages} stages, got {len(values)}")
+    return tuple(values)
 
 
 def variant_options(name: str, **overrides) -> AgentOptions:
@@ -259,6 +272,7 @@ class HSPAgent:
         else:
             pi, obs = self.models[i]["skill"], self.history.batch(self.device)
             how = self.options.skill_action
+            how = how if isinstance(how, str) else how[i]  # one per stage
             if how == "component":
                 a = pi.component_mean(obs, self.rng.random(1))
             else:

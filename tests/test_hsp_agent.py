@@ -597,3 +597,31 @@ def test_an_interrupted_skill_selection_resumes_with_the_trials_it_has_not_run(d
     assert n_trials == 2 * 2 * 2  # 2 stages x 2 snapshots (steps 10, 20) x 2 trials, all counted
     assert len(ran) == n_trials - 3 and not set(first) & set(ran)  # the logged three were not rerun
     assert not (tmp_path / TASK / "hsp_progress").exists()
+
+
+def test_skill_action_may_differ_per_stage(setup):
+    """AgentOptions.skill_action: one value, or one per stage (06_evaluate.py --skill-action)."""
+    from common.hsp import skill_action_option
+    env, ck, models, planner, sources = setup
+    actions = {}
+    for how in ("component", "mode", ("mode", "component")):
+        agent = agent_for(setup, skill_action=how)
+        agent.begin_episode(seed=5)
+        # component draws from the episode's generator: same seed, same draws, for both stages
+        actions[how] = [agent.skill_action(0), agent.skill_action(1)]
+    np.testing.assert_array_equal(actions[("mode", "component")][0], actions["mode"][0])
+    mode_again = agent_for(setup, skill_action="mode")
+    mode_again.begin_episode(seed=5)
+    assert np.array_equal(mode_again.skill_action(1), actions["mode"][1])  # mode is deterministic
+    # the per-stage agent drew once (stage 1) where the component agent had drawn twice: compare
+    # stage 1's component action with a fresh agent's first draw
+    fresh = agent_for(setup, skill_action="component")
+    fresh.begin_episode(seed=5)
+    np.testing.assert_array_equal(actions[("mode", "component")][1], fresh.skill_action(1))
+    assert skill_action_option(["mode"], 2) == "mode"
+    assert skill_action_option(["mode", "component"], 2) == ("mode", "component")
+    with pytest.raises(ValueError, match="one per stage"):
+        skill_action_option(["mode", "component", "mode"], 2)
+    with pytest.raises(ValueError, match="skill_action"):
+        AgentOptions(skill_action=("mode", "argmax"))
+    assert "skill action: mode / component" in AgentOptions(skill_action=("mode", "component")).describe()
