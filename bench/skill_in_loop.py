@@ -38,7 +38,8 @@ from tqdm import tqdm  # noqa: E402
 import common  # noqa: E402
 from common import data as D  # noqa: E402
 from common.env import make_env  # noqa: E402
-from common.hsp import AgentOptions, HSPAgent, skill_action_option, variant_options, wilson_interval  # noqa: E402
+from common.hsp import (AgentOptions, HSPAgent, guarded_init, raise_setup_error, skill_action_option,  # noqa: E402
+                        variant_options, wilson_interval)
 from common.hsp_checkpoint import load_hsp_models  # noqa: E402
 from common.nets import ObsHistory, obs_keys  # noqa: E402
 from common.planner import Planner  # noqa: E402
@@ -98,6 +99,7 @@ def _agent(planner, options):
 def _run(job):
     """job = (candidate, kind, index, payload) -> (candidate, kind, index, reached, success,
     (room, joint) at the skill start or None)."""
+    raise_setup_error(_init)
     cand, kind, k, payload = job
     args, models, i = _W["args"], _W["models"], _W["args"].stage
     if _W["loaded"] != cand:
@@ -193,7 +195,7 @@ def main():
         jobs += [(c, "demo", k, s) for c in cands for k, s in enumerate(starts)]
 
     t0, results = time.time(), []
-    with mp.get_context("spawn").Pool(args.workers, initializer=_init, initargs=(args,)) as pool:
+    with mp.get_context("spawn").Pool(args.workers, initializer=guarded_init, initargs=(_init, args)) as pool:
         for r in tqdm(pool.imap_unordered(_run, jobs, chunksize=4), total=len(jobs), desc=f"stage {args.stage}"):
             results.append(r)
     name = ck["config"]["stage_names"][args.stage]

@@ -22,6 +22,7 @@ entries of `VARIANTS`, so later phases add theirs without copying the loop.
 from __future__ import annotations
 
 import math
+import traceback
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -552,6 +553,29 @@ class HSPAgent:
 _TRIALS: dict = {}
 
 
+class WorkerSetupError(RuntimeError):
+    """A worker process of a multiprocessing.Pool could not set itself up (see guarded_init)."""
+
+
+_SETUP_ERRORS: dict = {}  # per worker process: set-up function name -> its traceback
+
+
+def guarded_init(init, *args):
+    """Pool initializer that runs init(*args) and keeps its error instead of raising it: a Pool
+    whose initializer raises replaces the dead worker with another that dies too, forever, and the
+    caller waits without a word. A job calls raise_setup_error(init) first, so the error reaches
+    the caller with the first result."""
+    try:
+        init(*args)
+    except Exception:  # noqa: BLE001 (re-raised by raise_setup_error in the same process)
+        _SETUP_ERRORS[init.__name__] = traceback.format_exc()
+
+
+def raise_setup_error(init):
+    if init.__name__ in _SETUP_ERRORS:
+        raise WorkerSetupError(f"a worker process failed in {init.__name__}:\n{_SETUP_ERRORS[init.__name__]}")
+
+
 def _skill_trials_init(task: str, ckpt_path: str, candidates_path: str, device: str):
     from .env import make_env
     from .hsp_checkpoint import load_hsp_models
@@ -566,6 +590,7 @@ def _skill_trials_init(task: str, ckpt_path: str, candidates_path: str, device: 
 def _skill_trial(job: tuple) -> tuple:
     """job = (stage, snapshot step, sim state, gripper commands before it, seed)
     -> (stage, step, seed, success, skill steps)."""
+    raise_setup_error(_skill_trials_init)
     i, step, state, grip, seed = job
     agent = _TRIALS["agent"]
     if _TRIALS["loaded"].get(i) != step:
@@ -592,8 +617,8 @@ def skill_trials(task: str, ckpt_path: str, candidates_path: str, jobs: list, wo
             _TRIALS.pop("agent").env.close()
         return out
     import multiprocessing as mp
-    with mp.get_context("spawn").Pool(workers, initializer=_skill_trials_init,
-                                      initargs=(task, ckpt_path, candidates_path, device)) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=guarded_init,
+                                      initargs=(_skill_trials_init, task, ckpt_path, candidates_path, device)) as pool:
         for res in pool.imap_unordered(_skill_trial, jobs, chunksize=2):
             out.append(res)
             if progress is not None:

@@ -625,3 +625,12 @@ def test_skill_action_may_differ_per_stage(setup):
     with pytest.raises(ValueError, match="skill_action"):
         AgentOptions(skill_action=("mode", "argmax"))
     assert "skill action: mode / component" in AgentOptions(skill_action=("mode", "component")).describe()
+
+
+def test_a_worker_that_cannot_set_up_fails_the_call_instead_of_hanging(tmp_path):
+    """multiprocessing.Pool replaces a worker whose initializer raised, forever: skill_trials (02's
+    selection) and bench/skill_in_loop.py keep the set-up error and raise it with the first job."""
+    from common.hsp import WorkerSetupError, skill_trials
+    missing = str(tmp_path / "missing.pt")
+    with pytest.raises(WorkerSetupError, match="_skill_trials_init"):
+        skill_trials(TASK, missing, missing, [(0, "10", None, None, 0)], workers=2)
