@@ -406,3 +406,29 @@ def test_skill_steps_take_one_value_per_stage(dataset, tmp_path):
     assert [losses[f"stage{i}_{n}"]["skill"]["step"] for i, n in enumerate(stages)] == [[3], [3, 6, 9]]
     with pytest.raises(SystemExit, match="one value or one per stage"):  # before any training
         train.main(common + ["--skill-steps", "3", "9", "9", "--overwrite"])
+
+
+def test_bench_image_step_matches_the_presets_and_trains_each_network():
+    """bench/bench_image_step.py (run on GPU machines that have torch alone) keeps its own copy of
+    the paper step counts and Threading's image sizes: they must agree with the kit's, and each of
+    its timed steps must be a real training step (the weights move)."""
+    import common
+    from common.env import default_cameras
+    from common.presets import HSP
+
+    bench = load_script("bench_image_step", os.path.join("bench", "bench_image_step.py"))
+    assert bench.PAPER_STEPS == {k: HSP[f"{k}_steps"] for k in ("skill", "pose", "termination")}
+    assert bench.THREADING["cameras"] == default_cameras("Threading_D2")
+    assert bench.THREADING["stages"] == len(common.TASKS["Threading_D2"].stages)
+    cfg = bench.config(["agentview"], 15, [16])
+    assert (cfg["obs"]["frame_stack"], cfg["obs"]["feature_dim"], cfg["obs"]["shift_pad"]) == (
+        HSP["frame_stack"]["image"], HSP["feature_dim"], HSP["shift_pad"])
+    rng = np.random.default_rng(0)
+    buffer = {"agentview_image": rng.integers(0, 256, (12, 84, 84, 3), dtype=np.uint8),
+              "proprio": rng.standard_normal((12, 15)).astype(np.float32)}
+    models = bench.nets.build_stage_models(cfg)[0]
+    for kind, net in models.items():
+        before = [p.detach().clone() for p in net.parameters()]
+        ms = bench.time_training(kind, net, buffer, 2, 1, torch.device("cpu"), 3, False, rng)
+        assert np.isfinite(ms) and ms > 0
+        assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters())), kind
