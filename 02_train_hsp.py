@@ -55,7 +55,7 @@ from common import data as D
 from common import pose as P
 from common.env import check_task_name, default_cameras, make_env, object_in_eef_frame, proprio_without_joints
 from common.hsp_checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
-from common.nets import ObsNormalizer, build_stage_models, count_params, rot6d_to_matrix
+from common.nets import ObsNormalizer, build_stage_models, count_params, get_obs, rot6d_to_matrix
 from common.presets import IMAGE_SIZE, get_preset
 
 # State-mode inputs: proprio + object poses (world frame) + object poses in the end-effector frame.
@@ -317,31 +317,16 @@ def post_termination_steps(data: dict, i: int) -> int:
     return int(np.median(tails)) if tails else 0
 
 
-def history_rows(rows: np.ndarray, ep_start: np.ndarray, frame_stack: int) -> np.ndarray:
-    """(B,) rows -> (B, F) rows of the last F steps, oldest first, repeating the episode's first step."""
-    offs = np.arange(frame_stack - 1, -1, -1)
-    return np.maximum(rows[:, None] - offs[None, :], ep_start[rows][:, None])
-
-
-def get_obs(data: dict, rows: np.ndarray, frame_stack: int, device) -> dict:
-    """{key: (*rows.shape, F, ...)}: each row's observation with its history of F frames."""
-    h = history_rows(rows.reshape(-1), data["ep_start"], frame_stack).reshape(*rows.shape, frame_stack)
-    if data.get("obs_on_device"):  # --data-on-device: index where the data already lies
-        idx = torch.from_numpy(h).to(device)
-        return {k: v[idx] for k, v in data["obs"].items()}
-    return {k: torch.from_numpy(v[h]).to(device, non_blocking=True) for k, v in data["obs"].items()}
-
-
 def move_obs_to_device(data: dict, device) -> None:
-    """--data-on-device: the observation arrays become tensors on `device` (in place)."""
-    need = sum(v.nbytes for v in data["obs"].values())
+    """--data-on-device: the observation arrays become tensors on `device` (in place); get_obs then
+    indexes them there."""
     try:
         data["obs"] = {k: torch.from_numpy(v).to(device) for k, v in data["obs"].items()}
     except torch.OutOfMemoryError:
+        need = sum(v.nbytes for v in data["obs"].values())
         raise SystemExit(f"error: --data-on-device: the observations ({need / 2**30:.1f} GiB) do not fit on "
                          f"{device}; drop --data-on-device (batches are then copied from host memory) or "
                          f"train on fewer demos (--max-demos)") from None
-    data["obs_on_device"] = True
 
 
 def segment_end(data: dict, rows: np.ndarray) -> np.ndarray:

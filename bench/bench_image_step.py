@@ -4,10 +4,11 @@ deployment forward pass as 06's rollouts run it. Prints ms per step and the wall
 `--preset paper` step counts would take here (skill 200k, pose 100k, termination 100k per stage).
 
 Each training step is 02's: sample rows of a uint8 image buffer with their 3-frame history on the
-host (`get_obs`), copy them to the device, DrQ-v2 random shift + conv trunk per camera, the head's
-loss, backward, Adam, and `loss.item()` (02 logs the loss every step, a device sync). The buffer
-holds random pixels: the arithmetic is the same as on rendered frames. `--images-on-device` keeps
-the buffer on the device instead and indexes it there, to show how much the host copy costs.
+host and copy them to the device (02's `get_obs`, common/nets.py), DrQ-v2 random shift + conv trunk
+per camera, the head's loss, backward, Adam, and `loss.item()` (02 logs the loss every step, a
+device sync). The buffer holds random pixels: the arithmetic is the same as on rendered frames.
+`--images-on-device` keeps the buffer on the device instead and indexes it there (02's
+--data-on-device), to show how much the host copy costs.
 
 Only torch and numpy are needed (common/nets.py is loaded by path, not through the `common`
 package, which registers the tasks with robosuite), so this runs on a GPU machine that has torch
@@ -30,7 +31,7 @@ nets = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(nets)
 
 # The paper preset's step counts per stage (common/presets.py HSP); kept here as numbers so that
-# this file needs no robosuite. test_bench_image_step_matches_presets checks they agree.
+# this file needs no robosuite. test_bench_image_step_matches_the_presets_and_trains_each_network checks they agree.
 PAPER_STEPS = {"skill": 200_000, "pose": 100_000, "termination": 100_000}
 # Threading_D2, the task of issue 6's image measurement: 3 cameras, 15-D proprio, 2 stages.
 THREADING = dict(cameras=["agentview", "robot0_eye_in_hand", "sideview"], proprio=15, stages=2)
@@ -52,19 +53,12 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_training(kind, net, buffer, batch, steps, device, frame_stack, on_device, rng):
-    """ms per training step of `net` (02_train_hsp.train_net with its loss for `kind`)."""
-    n_rows = len(buffer["proprio"])
-    ep_start = np.zeros(n_rows, dtype=np.int64)  # one long episode: the history is always 3 real frames
+def time_training(kind, net, data, batch, steps, device, frame_stack, rng):
+    """ms per training step of `net` (02_train_hsp.train_net with its loss for `kind`) on batches of
+    `data` ({"ep_start", "obs"}) drawn by 02's own `get_obs`."""
+    n_rows = len(data["ep_start"])
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     net.to(device).train()
-
-    def batch_obs(rows):
-        h = np.maximum(rows[:, None] - np.arange(frame_stack - 1, -1, -1)[None, :], ep_start[rows][:, None])
-        if on_device:
-            idx = torch.from_numpy(h).to(device)
-            return {k: v[idx] for k, v in buffer.items()}
-        return {k: torch.from_numpy(v[h]).to(device, non_blocking=True) for k, v in buffer.items()}
 
     # targets as 02 holds them: CPU tensors indexed per batch and copied to the device each step
     actions = torch.rand(n_rows, 7) * 2 - 1
@@ -84,7 +78,7 @@ def time_training(kind, net, buffer, batch, steps, device, frame_stack, on_devic
             sync(device)
             t0 = time.perf_counter()
         rows = rng.integers(frame_stack, n_rows, size=batch)
-        loss = loss_of(batch_obs(rows), rows)
+        loss = loss_of(nets.get_obs(data, rows, frame_stack, device), rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -134,6 +128,8 @@ def main():
     buffer["proprio"] = rng.standard_normal((args.buffer_frames, dim)).astype(np.float32)
     if args.images_on_device:
         buffer = {k: torch.from_numpy(v).to(device) for k, v in buffer.items()}
+    # one long episode: every batch row has a history of real frames
+    data = {"ep_start": np.zeros(args.buffer_frames, dtype=np.int64), "obs": buffer}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} threads"
     print(f"device: {name}; torch {torch.__version__}; Threading image sizes: {len(cams)} cameras 84x84, "
           f"{frame_stack}-frame history, proprio {dim}; image buffer on {'device' if args.images_on_device else 'host'}")
@@ -145,8 +141,7 @@ def main():
         models = nets.build_stage_models(config(cams, dim, hidden))[0]
         total_h = 0.0
         for kind in ("skill", "pose", "termination"):
-            ms = time_training(kind, models[kind], buffer, batch, args.steps, device, frame_stack,
-                               args.images_on_device, rng)
+            ms = time_training(kind, models[kind], data, batch, args.steps, device, frame_stack, rng)
             hours = ms * PAPER_STEPS[kind] * n_stages / 3.6e6
             total_h += hours
             print(f"{case:8s} {kind:12s} {batch:5d} {nets.count_params(models[kind]):11,d} {ms:8.1f} "

@@ -401,11 +401,30 @@ class TerminationNet(nn.Module):
         return F.binary_cross_entropy_with_logits(self(obs), done.float(), pos_weight=pw)
 
 
+# ------------------------------------------------------------------------------------------ training batches
+def history_rows(rows: np.ndarray, ep_start: np.ndarray, frame_stack: int) -> np.ndarray:
+    """(B,) rows -> (B, F) rows of the last F steps, oldest first, repeating the episode's first step."""
+    offs = np.arange(frame_stack - 1, -1, -1)
+    return np.maximum(rows[:, None] - offs[None, :], ep_start[rows][:, None])
+
+
+def get_obs(data: dict, rows: np.ndarray, frame_stack: int, device) -> dict:
+    """{key: (*rows.shape, F, ...)}: each row's observation with its history of F frames.
+
+    `data["obs"]` holds numpy arrays (each batch is gathered on the host and copied to `device`)
+    or tensors already on `device` (02_train_hsp.py --data-on-device: indexed there)."""
+    h = history_rows(rows.reshape(-1), data["ep_start"], frame_stack).reshape(*rows.shape, frame_stack)
+    if torch.is_tensor(next(iter(data["obs"].values()))):
+        idx = torch.from_numpy(h).to(device)
+        return {k: v[idx] for k, v in data["obs"].items()}
+    return {k: torch.from_numpy(v[h]).to(device, non_blocking=True) for k, v in data["obs"].items()}
+
+
 # ------------------------------------------------------------------------------------------ deployment
 class ObsHistory:
     """The last `frame_stack` observations of an episode, for querying the networks step by step.
 
-    Matches training (02_train_hsp.history_rows): at the start of an episode the first observation
+    Matches training (history_rows): at the start of an episode the first observation
     is repeated. `reset(obs)` then `push(obs)` each step; `batch(device)` gives {key: (1, F, ...)}.
     """
 

@@ -10,7 +10,7 @@ import torch
 from common import pose as P
 from common.hsp_checkpoint import CheckpointError, load_checkpoint, load_hsp_models, save_checkpoint
 from common.nets import (IMAGE_FEATURES, DrQv2Encoder, GMMPolicy, ObsHistory, ObsNormalizer, RandomShift,
-                         PoseNet, build_stage_models, rot6d_to_matrix)
+                         PoseNet, build_stage_models, history_rows, rot6d_to_matrix)
 
 from conftest import HSP_TASK as TASK
 from conftest import load_script
@@ -140,7 +140,7 @@ def test_losses_decrease_on_a_fixed_batch(dataset):
 
 def test_history_rows_stop_at_episode_start():
     ep_start = np.array([0, 0, 0, 3, 3, 3])
-    h = train.history_rows(np.array([0, 2, 3, 5]), ep_start, 3)
+    h = history_rows(np.array([0, 2, 3, 5]), ep_start, 3)
     np.testing.assert_array_equal(h, [[0, 0, 0], [0, 1, 2], [3, 3, 3], [3, 4, 5]])
 
 
@@ -424,12 +424,13 @@ def test_bench_image_step_matches_the_presets_and_trains_each_network():
     assert (cfg["obs"]["frame_stack"], cfg["obs"]["feature_dim"], cfg["obs"]["shift_pad"]) == (
         HSP["frame_stack"]["image"], HSP["feature_dim"], HSP["shift_pad"])
     rng = np.random.default_rng(0)
-    buffer = {"agentview_image": rng.integers(0, 256, (12, 84, 84, 3), dtype=np.uint8),
-              "proprio": rng.standard_normal((12, 15)).astype(np.float32)}
+    data = {"ep_start": np.zeros(12, dtype=np.int64),
+            "obs": {"agentview_image": rng.integers(0, 256, (12, 84, 84, 3), dtype=np.uint8),
+                    "proprio": rng.standard_normal((12, 15)).astype(np.float32)}}
     models = bench.nets.build_stage_models(cfg)[0]
     for kind, net in models.items():
         before = [p.detach().clone() for p in net.parameters()]
-        ms = bench.time_training(kind, net, buffer, 2, 1, torch.device("cpu"), 3, False, rng)
+        ms = bench.time_training(kind, net, data, 2, 1, torch.device("cpu"), 3, rng)
         assert np.isfinite(ms) and ms > 0
         assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters())), kind
 
