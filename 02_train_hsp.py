@@ -56,7 +56,7 @@ from common import pose as P
 from common.env import check_task_name, default_cameras, make_env, object_in_eef_frame, proprio_without_joints
 from common.hsp_checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
 from common.nets import ObsNormalizer, build_stage_models, count_params, get_obs, rot6d_to_matrix
-from common.presets import IMAGE_SIZE, get_preset
+from common.presets import IMAGE_SIZE, get_preset, select_seed
 
 # State-mode inputs: proprio + object poses (world frame) + object poses in the end-effector frame.
 # The last is derived from the first two (common.env.object_in_eef_frame) and is what makes the
@@ -124,6 +124,12 @@ def parse_args(argv=None):
     p.add_argument("--select-trials", type=int, default=None,
                    help="choose each stage's skill among its snapshots by this many rollouts from held-out "
                         "demos' skill-start states (0 = keep the best validation evaluation; see README)")
+    p.add_argument("--select-starts", default=None, choices=["demos", "loop"],
+                   help="where the selection's trials start: held-out demos' skill starts (demos), or where "
+                        "HSP-Priv episodes with the skills chosen for the earlier stages reach the skill (loop: "
+                        "the states deployment gives it; needs --source)")
+    p.add_argument("--source", default=None,
+                   help="source demos for I^Priv in --select-starts loop (default: source.hdf5 beside --data)")
     p.add_argument("--select-workers", type=int, default=1, help="processes for the selection rollouts")
     p.add_argument("--max-demos", type=int, default=None, help="use only the first N demos of the file")
     p.add_argument("--keep-last", action="store_true",
@@ -136,6 +142,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     check_task_name(args.task)
     args.data = args.data or os.path.join("data", args.task, "generated.hdf5")
+    args.source = args.source or os.path.join(os.path.dirname(args.data), "source.hdf5")  # 01 writes both there
     return args
 
 
@@ -481,41 +488,34 @@ def train_net(desc, kind, net, loss_fn, train_rows, val_rows, steps, hp, rng, de
 
 
 # ------------------------------------------------------------------------------------------ selection
-def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, stages, n_trials,
+def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, stages, n_trials, starts_from,
                   log_path: str, key: str) -> list:
     """Choose each stage's skill among its snapshots (the validation evaluations of the second half
     of its training) by rollout success, and put the winner into `stages` (in place).
 
     Validation losses say little about closed-loop success (robomimic, Mandlekar et al. 2021; MimicGen
     reports the best checkpoint by rollouts). Here every snapshot of stage i runs the same
-    `n_trials` trials: each restores a held-out demo's sim state where its stage-i skill began
-    (cycling through the held-out demos, with a new seed for the GMM component draws each lap) and
-    runs π_θi to termination (the oracle check). The evaluation's episodes start from fresh seeded
-    resets, never from these states. Ties go to the best validation evaluation, then the later step.
-    Each trial's outcome is appended to `log_path` under `key` as it finishes: an interrupted
-    selection resumes with the trials it has not run.
+    `n_trials` trials, each from a sim state where stage i's skill begins, run to termination (the
+    oracle check). Where those states come from (`starts_from`):
+
+    - "demos": the held-out demos' skill starts (cycled through, with a new seed for the GMM
+      component draws each lap): kept demos of the data generator, whose earlier stages replayed
+      a source demo's skills;
+    - "loop": the first `n_trials` seeds whose HSP-Priv episode (Table I's privileged row: I^Priv,
+      the skills chosen for the earlier stages, oracle termination) reaches stage i's skill: the
+      states deployment brings the skill to. Stages are chosen in order, and the episodes' seeds
+      are 02's own (presets.select_seed), never the evaluation's.
+
+    Ties go to the best validation evaluation, then the later step. Each trial's outcome is appended
+    to `log_path` under `key` as it finishes: an interrupted selection resumes with the trials it
+    has not run (a loop selection re-runs its start episodes, which are seeded).
     """
-    from common.hsp import skill_trials
+    from common.hsp import SkillTrials
 
     names = [f"stage{i}_{st['name']}" for i, st in enumerate(data["stages"])]
     cand_path = os.path.join(out_dir, "hsp_skill_snapshots.pt")
     atomic_torch_save({"stages": [{str(k): v for k, v in snaps.items()} for snaps in snapshots]}, cand_path)
-    jobs = []
-    with D.open_dataset(args.data, args.task) as f:
-        for i, snaps in enumerate(snapshots):
-            starts = []
-            for j in val_demos:
-                g = f["data"][data["demo_keys"][j]]
-                a = int(g["skill_bounds"][i, 0])
-                if a >= 0:
-                    starts.append((g["states"][a], g["actions"][:a, 6]))
-            for t in range(n_trials):
-                (state, grip), seed = starts[t % len(starts)], 1_000_003 * i + t
-                jobs += [(i, step, state, grip, seed) for step in snaps]
-    n_cand = sum(len(s) for s in snapshots)
-    print(f"skill selection: {n_cand} snapshots x {n_trials} trials from {len(val_demos)} held-out demos' "
-          f"skill starts ({len(jobs)} skill rollouts, {args.select_workers} workers)")
-    wins, logged = {}, {}
+    logged = {}
     if os.path.exists(log_path):
         with open(log_path) as f:
             for line in f:
@@ -525,56 +525,118 @@ def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, 
                     continue  # a line cut short by the interruption
                 if r.get("key") == key:
                     logged[(r["stage"], r["step"], r["seed"])] = bool(r["ok"])
-    bar = tqdm(total=len(jobs), desc="skill selection", unit="trial", disable=args.no_tqdm)
-
-    def count(i, step, ok):
-        w = wins.setdefault((i, step), [0, 0])
-        w[0], w[1] = w[0] + int(ok), w[1] + 1
-        bar.update(1)
-
-    todo = []
-    for job in jobs:
-        i, step, _, _, seed = job
-        if (i, step, seed) in logged:
-            count(i, step, logged[(i, step, seed)])
-        else:
-            todo.append(job)
-    if len(todo) < len(jobs):
-        print(f"skill selection: {len(jobs) - len(todo)} trials resumed from {log_path}")
+    n_cand = sum(len(s) for s in snapshots)
+    print(f"skill selection: {n_cand} snapshots x {n_trials} trials from "
+          + (f"{len(val_demos)} held-out demos' skill starts" if starts_from == "demos"
+             else "in-loop skill starts (HSP-Priv episodes)") + f", {args.select_workers} workers")
+    selection, chosen_steps = [], {}
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "a") as log:
-        def progress(res):
-            i, step, seed, ok, _ = res
-            count(i, step, ok)
-            log.write(json.dumps({"key": key, "stage": int(i), "step": int(step), "seed": int(seed),
-                                  "ok": bool(ok)}) + "\n")
-            log.flush()
+    with SkillTrials(args.task, ckpt_path, cand_path, workers=args.select_workers, device=args.device,
+                     source=args.source if starts_from == "loop" else None) as runner, open(log_path, "a") as log:
+        for i, snaps in enumerate(snapshots):
+            if starts_from == "demos":
+                starts, reach = demo_starts(args, data, val_demos, i, n_trials), None
+            else:
+                starts, reach = loop_starts(runner, i, chosen_steps, n_trials, args)
+            jobs = [("trial", i, step, start.state, start.gripper_commands, seed, start.steps)
+                    for start, seed in starts for step in snaps]
+            wins = {step: [0, 0] for step in snaps}
+            bar = tqdm(total=len(jobs), desc=f"{names[i]} skill selection", unit="trial", disable=args.no_tqdm)
 
-        skill_trials(args.task, ckpt_path, cand_path, todo, workers=args.select_workers, device=args.device,
-                     progress=progress)
-    bar.close()
-    selection = []
-    for i, snaps in enumerate(snapshots):
-        best_val = losses[names[i]]["skill"].get("best_step")
-        rows = [{"step": int(step), "successes": wins[(i, step)][0], "trials": wins[(i, step)][1],
-                 "val_action_mse": losses[names[i]]["skill"]["val_metrics"][
-                     losses[names[i]]["skill"]["step"].index(step)]["action_mse"],
-                 "best_validation": step == best_val} for step in snaps]
-        chosen = max(rows, key=lambda r: (r["successes"], r["best_validation"], r["step"]))
-        stages[i]["skill"] = snapshots[i][chosen["step"]]
-        selection.append({"stage": names[i], "chosen_step": chosen["step"], "candidates": rows})
-        print(f"[{names[i]} skill] " + ", ".join(
-            f"{'*' if r is chosen else ''}{r['step']}: {r['successes']}/{r['trials']}" for r in rows))
-    md = ["| stage | " + " | ".join(f"snapshot {k + 1}" for k in range(max(len(s) for s in snapshots))) + " | chosen |",
-          "|---|" + "---|" * (max(len(s) for s in snapshots) + 1)]
+            def count(step, ok):
+                wins[step][0] += int(ok)
+                wins[step][1] += 1
+                bar.update(1)
+
+            todo = []
+            for job in jobs:
+                if (i, job[2], job[5]) in logged:
+                    count(job[2], logged[(i, job[2], job[5])])
+                else:
+                    todo.append(job)
+            if len(todo) < len(jobs):
+                print(f"[{names[i]} skill] {len(jobs) - len(todo)} trials resumed from {log_path}")
+
+            def progress(res):
+                _, _, step, seed, ok, _ = res
+                count(step, ok)
+                log.write(json.dumps({"key": key, "stage": i, "step": int(step), "seed": int(seed),
+                                      "ok": bool(ok)}) + "\n")
+                log.flush()
+
+            runner.run(todo, progress=progress)
+            bar.close()
+            best_val = losses[names[i]]["skill"].get("best_step")
+            rows = [{"step": int(step), "successes": wins[step][0], "trials": wins[step][1],
+                     "val_action_mse": losses[names[i]]["skill"]["val_metrics"][
+                         losses[names[i]]["skill"]["step"].index(step)]["action_mse"],
+                     "best_validation": step == best_val} for step in snaps]
+            chosen = max(rows, key=lambda r: (r["successes"], r["best_validation"], r["step"]))
+            stages[i]["skill"] = snapshots[i][chosen["step"]]
+            chosen_steps[i] = chosen["step"]
+            selection.append({"stage": names[i], "chosen_step": chosen["step"], "starts": starts_from,
+                              "candidates": rows, **({"episodes": reach} if reach else {})})
+            print(f"[{names[i]} skill] " + ", ".join(
+                f"{'*' if r is chosen else ''}{r['step']}: {r['successes']}/{r['trials']}" for r in rows))
+    width = max(len(s) for s in snapshots)
+    md = ["| stage | " + " | ".join(f"snapshot {k + 1}" for k in range(width)) + " | chosen |"
+          + (" episodes reaching the skill |" if starts_from == "loop" else ""),
+          "|---|" + "---|" * (width + 1 + (starts_from == "loop"))]
     for sel in selection:
         md.append(f"| {sel['stage']} | " + " | ".join(
-            f"{r['step']}: {r['successes']}/{r['trials']}" for r in sel["candidates"]) + f" | {sel['chosen_step']} |")
+            f"{r['step']}: {r['successes']}/{r['trials']}" for r in sel["candidates"]) + f" | {sel['chosen_step']} |"
+            + (f" {sel['episodes']['reached']}/{sel['episodes']['run']} |" if starts_from == "loop" else ""))
+    where = ("held-out demos' skill-start states" if starts_from == "demos" else
+             "in-loop skill starts (HSP-Priv episodes with the skills chosen for the earlier stages)")
     with open(os.path.join(out_dir, "hsp_skill_selection.md"), "w") as f:
-        f.write("Skill success from held-out demos' skill-start states, per snapshot (step: successes/trials)\n\n"
-                + "\n".join(md) + "\n")
+        f.write(f"Skill success from {where}, per snapshot (step: successes/trials)\n\n" + "\n".join(md) + "\n")
     write_json(os.path.join(out_dir, "hsp_skill_selection.json"), selection)
     return selection
+
+
+def demo_starts(args, data, val_demos, i: int, n_trials: int) -> list:
+    """[(SkillStart, GMM seed)]: stage i's skill starts of the held-out demos, cycled to n_trials."""
+    from common.hsp import SkillStart
+    starts = []
+    with D.open_dataset(args.data, args.task) as f:
+        for j in val_demos:
+            g = f["data"][data["demo_keys"][j]]
+            a = int(g["skill_bounds"][i, 0])
+            if a >= 0:
+                starts.append(SkillStart(g["states"][a], g["actions"][:a, 6], 0))
+    return [(starts[t % len(starts)], 1_000_003 * i + t) for t in range(n_trials)] if starts else []
+
+
+# An in-loop selection runs at most this many episodes per start it wants: a stage that few
+# episodes reach is scored on the starts there are rather than searched for without end.
+LOOP_EPISODES_PER_START = 4
+
+
+def loop_starts(runner, i: int, chosen_steps: dict, n: int, args) -> tuple[list, dict]:
+    """[(SkillStart, seed)] of the first n seeds (in order) whose HSP-Priv episode, with the skills
+    chosen for stages before i, reaches stage i's skill; and how many episodes that took, with the
+    reasons the others ended (e.g. an earlier skill failing, a plan not found)."""
+    reached, failures, k, cap = {}, {}, 0, LOOP_EPISODES_PER_START * n
+    bar = tqdm(total=n, desc=f"stage {i} in-loop skill starts", unit="start", disable=args.no_tqdm)
+    while len(reached) < n and k < cap:
+        rate = len(reached) / k if reached else 1.0  # episodes for the starts still missing, at the rate so far
+        batch = min(cap - k, max(args.select_workers, int(math.ceil((n - len(reached)) / max(rate, 0.25)))))
+        jobs = [("start", i, select_seed(args.seed, k + j), dict(chosen_steps)) for j in range(batch)]
+        for _, _, seed, start, failure in runner.run(jobs):
+            if start is not None:
+                reached[seed] = start
+                bar.update(int(len(reached) <= n))
+            else:
+                head, _, rest = (failure or "episode ended").partition(": ")
+                why = f"{head}: {' '.join(rest.split()[:4])}".rstrip(": ")  # e.g. "stage 0: skill did not terminate"
+                failures[why] = failures.get(why, 0) + 1
+        k += batch
+    bar.close()
+    if len(reached) < n:
+        print(f"[stage {i}] warning: {len(reached)} of {k} HSP-Priv episodes reached the skill, "
+              f"fewer than the {n} trials asked for")
+    seeds = sorted(reached)[:n]
+    return [(reached[s], s) for s in seeds], {"run": k, "reached": len(reached), "ended_before": failures}
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -648,7 +710,8 @@ def main(argv=None) -> dict:
                  ("hidden", args.hidden), ("skill_net", args.skill_net), ("rnn_hidden", args.rnn_hidden),
                  ("rnn_horizon", args.rnn_horizon),
                  ("eval_every", args.eval_every), ("val_fraction", args.val_fraction),
-                 ("pose_modes", args.pose_modes), ("select_trials", args.select_trials)):
+                 ("pose_modes", args.pose_modes), ("select_trials", args.select_trials),
+                 ("select_starts", args.select_starts)):
         if v is not None:
             hp[k] = v
     hp["keep_best"] = not args.keep_last
@@ -756,9 +819,12 @@ def main(argv=None) -> dict:
     # ---- per-stage training
     losses, final = {}, {}
     skill_snapshots = [{} for _ in range(n_stages)]  # stage -> {step: weights}, for the selection below
-    if hp["select_trials"] > 0 and n_val == 0:
+    if hp["select_trials"] > 0 and hp["select_starts"] == "demos" and n_val == 0:
         raise SystemExit("error: --select-trials needs held-out demos to start its rollouts from; "
-                         "use --val-fraction > 0 or --select-trials 0")
+                         "use --val-fraction > 0, --select-starts loop or --select-trials 0")
+    if hp["select_trials"] > 0 and hp["select_starts"] == "loop":
+        with D.open_dataset(args.source, args.task):  # I^Priv's source demos: a bad file fails now, not after training
+            pass
     progress_dir = os.path.join(out_dir, "hsp_progress")  # one file per trained network: resume
     if args.fresh:
         shutil.rmtree(progress_dir, ignore_errors=True)
@@ -827,6 +893,7 @@ def main(argv=None) -> dict:
     if hp["select_trials"] > 0:
         config["skill_selection"] = select_skills(
             args, ckpt_path, out_dir, data, val_demos, skill_snapshots, losses, stages, int(hp["select_trials"]),
+            hp["select_starts"],
             log_path=os.path.join(progress_dir, "skill_trials.jsonl"),
             key=f"{run_key}/{json.dumps(config['train']['steps'], sort_keys=True)}")
         for sel in config["skill_selection"]:  # report the validation metrics of the weights saved

@@ -198,6 +198,14 @@ class EpisodeResult:
         return asdict(self)
 
 
+@dataclass
+class SkillStart:
+    """Where a stage's skill began in an episode: enough to run the skill again from there."""
+    state: np.ndarray  # flattened sim state (KitEnv.get_state)
+    gripper_commands: np.ndarray  # the episode's gripper actions before it (KitEnv.reset_to)
+    steps: int  # episode steps spent before it
+
+
 class _EpisodeOver(Exception):
     """Raised inside an episode when the evaluation horizon is reached."""
 
@@ -299,6 +307,7 @@ class HSPAgent:
         if self.result.steps >= self.env.horizon:
             raise _EpisodeOver
         self.obs, _, _, _ = self.env.step(action)
+        self.gripper_commands.append(float(action[6]))
         if self.history is not None:
             self.history.push(self.obs)
         self.result.steps += 1
@@ -336,14 +345,32 @@ class HSPAgent:
             r.failure = "task not successful after the last stage"
         return r
 
-    def run_skill(self, i: int, state, seed: int, gripper_commands=None) -> EpisodeResult:
-        """Stage i's skill alone, from a stored sim state (where a demo's skill began; pass the
-        demo's gripper commands before it, see KitEnv.reset_to), with this agent's skill action and
-        termination; `success`: T_i(s) held when the skill ended. 02_train_hsp.py chooses among
-        skill snapshots with it (`skill_trials`)."""
+    def run_to_skill_start(self, seed: int, i: int) -> tuple[EpisodeResult, SkillStart | None]:
+        """Algorithm 1 from a seeded reset up to where stage i's skill takes over (stages before i
+        whole, then stage i's connect). Returns the episode so far and, if it got there, the
+        `SkillStart` to continue from with `run_skill`: 02_train_hsp.py --select-starts loop scores
+        skill snapshots from the states deployment brings the skill to."""
+        r = self.begin_episode(seed)
+        try:
+            for j in range(i + 1):
+                self.begin_stage(j)
+                if not self._connect(j) or (j < i and not self._skill(j)):
+                    return r, None
+        except _EpisodeOver:
+            r.failure = f"stage {r.stages_attempted - 1}: evaluation horizon ({self.env.horizon} steps) reached"
+            return r, None
+        return r, SkillStart(self.env.get_state(), np.asarray(self.gripper_commands), r.steps)
+
+    def run_skill(self, i: int, state, seed: int, gripper_commands=None, steps_before: int = 0) -> EpisodeResult:
+        """Stage i's skill alone, from a stored sim state (where a demo's skill began, or a
+        `SkillStart`'s; pass the gripper commands before it, see KitEnv.reset_to), with this agent's
+        skill action and termination; `success`: T_i(s) held when the skill ended. `steps_before`:
+        episode steps already spent (the evaluation horizon counts them). 02_train_hsp.py chooses
+        among skill snapshots with it (`SkillTrials`)."""
         self.rng = np.random.default_rng(seed)
-        self.result = r = EpisodeResult(seed=int(seed), stages_attempted=i + 1)
+        self.result = r = EpisodeResult(seed=int(seed), stages_attempted=i + 1, steps=int(steps_before))
         self.obs = self.env.reset_to(state, gripper_commands)
+        self.gripper_commands = list(np.asarray(gripper_commands if gripper_commands is not None else [], float))
         if self.history is not None:
             self.history.reset(self.obs)
         self.pose_offset = None
@@ -366,6 +393,7 @@ class HSPAgent:
         if self.history is not None:
             self.history.reset(self.obs)
         self.gripper = GRIPPER_OPEN
+        self.gripper_commands = []  # every step's gripper action: a SkillStart replays them (KitEnv.reset_to)
         self.pose_offset = None
         # As in generation: let objects come to rest (counted as episode steps) before any
         # reference pose is read, here by I^Priv's source choice and transform.
@@ -547,9 +575,10 @@ class HSPAgent:
 
 # ------------------------------------------------------------------------------------------ skill trials
 # Choosing a skill snapshot by rollouts (02_train_hsp.py --select-trials): each trial restores a
-# held-out demo's sim state at the start of stage i's skill, loads one snapshot's weights into
-# π_θi and runs the skill to termination. Workers are spawned processes (a fork of a process that
-# has trained with several OpenMP threads can hang), each building its env and networks once.
+# sim state at the start of stage i's skill (a held-out demo's, or one an HSP-Priv episode reached:
+# --select-starts), loads one snapshot's weights into π_θi and runs the skill to termination.
+# Workers are spawned processes (a fork of a process that has trained with several OpenMP threads
+# can hang), each building its env, networks (and for episodes: planner and source demos) once.
 _TRIALS: dict = {}
 
 
@@ -576,54 +605,92 @@ def raise_setup_error(init):
         raise WorkerSetupError(f"a worker process failed in {init.__name__}:\n{_SETUP_ERRORS[init.__name__]}")
 
 
-def _skill_trials_init(task: str, ckpt_path: str, candidates_path: str, device: str):
+def _skill_trials_init(task: str, ckpt_path: str, candidates_path: str, device: str, source: str | None):
+    from . import data as D
     from .env import make_env
     from .hsp_checkpoint import load_hsp_models
+    from .planner import Planner
     torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
     ck, models = load_hsp_models(ckpt_path, task, device=device)
     env = make_env(task, obs_mode=ck["obs_mode"])
     env.reset(seed=0)  # robosuite steps only after a reset; every trial then restores its state
-    agent = HSPAgent(env, models, ck["config"], None, AgentOptions(termination="oracle"), device=device)
-    _TRIALS.update(agent=agent, candidates=torch.load(candidates_path, weights_only=True)["stages"], loaded={})
+    trial = HSPAgent(env, models, ck["config"], None, AgentOptions(termination="oracle"), device=device)
+    episode = None
+    if source is not None:  # HSP-Priv episodes to the skill starts (Table I's privileged row)
+        demos, _ = D.load_all(source, task=task)
+        planner = Planner(env, mode="ompl", seed=0, posture=ck["config"].get("connect_posture", "reset"))
+        episode = HSPAgent(env, models, ck["config"], planner, variant_options("HSP-Priv"),
+                           D.SourceSegments(demos, env.stages), device=device)
+    _TRIALS.update(trial=trial, episode=episode, models=models, loaded={},
+                   candidates=torch.load(candidates_path, weights_only=True)["stages"])
+
+
+def _load_snapshot(i: int, step) -> None:
+    if _TRIALS["loaded"].get(i) != str(step):
+        _TRIALS["models"][i]["skill"].load_state_dict(_TRIALS["candidates"][i][str(step)])
+        _TRIALS["loaded"][i] = str(step)
 
 
 def _skill_trial(job: tuple) -> tuple:
-    """job = (stage, snapshot step, sim state, gripper commands before it, seed)
-    -> (stage, step, seed, success, skill steps)."""
+    """job = ("trial", stage, snapshot step, sim state, gripper commands before it, seed, steps
+    before it) -> ("trial", stage, step, seed, success, skill steps);
+    job = ("start", stage, seed, {earlier stage: its chosen step}) -> ("start", stage, seed,
+    SkillStart or None, failure): an HSP-Priv episode with the chosen skills, to stage's skill start."""
     raise_setup_error(_skill_trials_init)
-    i, step, state, grip, seed = job
-    agent = _TRIALS["agent"]
-    if _TRIALS["loaded"].get(i) != step:
-        agent.models[i]["skill"].load_state_dict(_TRIALS["candidates"][i][str(step)])
-        _TRIALS["loaded"][i] = step
-    r = agent.run_skill(i, state, seed, grip)
-    return i, step, seed, r.success, (r.skill_steps or [0])[-1]
+    if job[0] == "start":
+        _, i, seed, chosen = job
+        if _TRIALS["episode"] is None:
+            raise RuntimeError("skill starts need the task's source demos: pass source= to SkillTrials")
+        for j, step in chosen.items():
+            _load_snapshot(j, step)
+        r, start = _TRIALS["episode"].run_to_skill_start(seed, i)
+        return "start", i, seed, start, r.failure
+    _, i, step, state, grip, seed, steps_before = job
+    _load_snapshot(i, step)
+    r = _TRIALS["trial"].run_skill(i, state, seed, grip, steps_before)
+    return "trial", i, step, seed, r.success, (r.skill_steps or [0])[-1]
 
 
-def skill_trials(task: str, ckpt_path: str, candidates_path: str, jobs: list, workers: int = 1,
-                 device: str = "cpu", progress=None) -> list:
-    """Run `jobs` (see _skill_trial) over `workers` processes; results in completion order."""
-    out = []
-    if not jobs:
-        return out
-    if workers <= 1:
-        _skill_trials_init(task, ckpt_path, candidates_path, device)
-        try:
-            for job in jobs:
-                out.append(_skill_trial(job))
-                if progress is not None:
-                    progress(out[-1])
-        finally:
-            _TRIALS.pop("agent").env.close()
-        return out
-    import multiprocessing as mp
-    with mp.get_context("spawn").Pool(workers, initializer=guarded_init,
-                                      initargs=(_skill_trials_init, task, ckpt_path, candidates_path, device)) as pool:
-        for res in pool.imap_unordered(_skill_trial, jobs, chunksize=2):
+class SkillTrials:
+    """02_train_hsp.py's selection rollouts (`_skill_trial` jobs) over `workers` processes that
+    live as long as the `with` block; `source` (the task's source.hdf5) lets them run HSP-Priv
+    episodes to in-loop skill starts."""
+
+    def __init__(self, task: str, ckpt_path: str, candidates_path: str, workers: int = 1, device: str = "cpu",
+                 source: str | None = None):
+        self.setup = (task, ckpt_path, candidates_path, device, source)
+        self.workers, self.pool = workers, None
+
+    def __enter__(self):
+        if self.workers <= 1:
+            _skill_trials_init(*self.setup)
+        else:
+            import multiprocessing as mp
+            self.pool = mp.get_context("spawn").Pool(self.workers, initializer=guarded_init,
+                                                     initargs=(_skill_trials_init, *self.setup))
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+        elif "trial" in _TRIALS:
+            if _TRIALS["episode"] is not None:
+                _TRIALS["episode"].planner.close()
+            _TRIALS["trial"].env.close()
+            _TRIALS.clear()
+        return False
+
+    def run(self, jobs: list, progress=None) -> list:
+        """Results of `jobs` in completion order; progress(result) is called as each finishes."""
+        out = []
+        results = (map(_skill_trial, jobs) if self.pool is None
+                   else self.pool.imap_unordered(_skill_trial, jobs, chunksize=2))
+        for res in results:
             out.append(res)
             if progress is not None:
                 progress(res)
-    return out
+        return out
 
 
 # ------------------------------------------------------------------------------------------ statistics

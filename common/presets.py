@@ -26,6 +26,14 @@ def eval_seed(seed: int, k: int) -> int:
     return EVAL_SEED_BASE + seed * 100003 + k
 
 
+SELECT_SEED_BASE = 9_000_000  # 02's in-loop selection episodes: neither generation nor evaluation seeds
+
+
+def select_seed(seed: int, k: int) -> int:
+    """Env seed of episode k of 02_train_hsp.py --select-starts loop, trained with --seed `seed`."""
+    return SELECT_SEED_BASE + seed * 100003 + k
+
+
 # DrQ-v2 hyper-parameters, Tab. V of the paper plus those it inherits from Yarats et al. 2021.
 DRQV2 = dict(
     lr=1e-4, gamma=0.99, batch_size=256, nstep=3, action_repeat=1, num_seed_frames=4000,
@@ -54,9 +62,11 @@ HSP = dict(
     frame_stack=dict(state=1, image=DRQV2["frame_stack"]), feature_dim=DRQV2["feature_dim"],
     shift_pad=DRQV2["shift_pad"],
     val_fraction=0.1,  # demos held out for validation losses
-    # Skill snapshots chosen by rollouts from held-out demos' skill starts (02 select_skills):
-    # trials per snapshot; 0 keeps each skill's best validation evaluation.
-    select_trials=50,
+    # Skill snapshots chosen by rollouts (02 select_skills): trials per snapshot; 0 keeps each
+    # skill's best validation evaluation. Trials start where held-out demos' skills began
+    # ("demos"), or where HSP-Priv episodes with the skills chosen for earlier stages bring the
+    # skill ("loop": what deployment gives it; README, CoffeePreparation).
+    select_trials=50, select_starts="demos",
     eval_every=5_000,  # steps between validation evaluations
     termination_after_steps=10,  # steps after a stage ends still used to train T_θi (positives)
     termination_pos_weight="balanced",  # BCE positive-class weight: "balanced" (#neg/#pos) or a float

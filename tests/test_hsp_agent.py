@@ -410,22 +410,24 @@ def test_learned_termination_and_noise_options_run(setup):
     assert r.stages_attempted == 1 and r.steps > 0
 
 
+def replay_skill(agent, i):
+    """The data generator's skill: the source segment of the agent's I^Priv source demo, replayed
+    in the reference object's frame at the skill's start (one agent per episode)."""
+    env, seg = agent.env, agent.sources.segments[i][agent.source_index]
+    key = (agent.result.seed, i)  # first call of this stage: transform the segment once
+    if getattr(agent, "_replay_key", None) != key:
+        ref = env.raw.object_pose(env.stages[i].reference_object)
+        agent._replay = P.transform_to_new_frame(seg["eef"], seg["ref"], ref)
+        agent._replay_key, agent._replay_t = key, 0
+    t = min(agent._replay_t + 1, len(agent._replay) - 1)
+    agent._replay_t += 1
+    return pose_action(env.raw.eef_pose(), agent._replay[t], float(seg["gripper"][t - 1]))
+
+
 def test_privileged_agent_with_replayed_skill_succeeds(setup):
     """Algorithm 1 with I^Priv, oracle termination and the data generator's skill (the source
     segment replayed in the reference object's frame) must solve the task like generation does."""
     env, *_, sources = setup
-
-    def replay_skill(agent, i):
-        seg = sources.segments[i][agent.source_index]
-        key = (agent.result.seed, i)  # first call of this stage: transform the segment once
-        if getattr(agent, "_replay_key", None) != key:
-            ref = env.raw.object_pose(env.stages[i].reference_object)
-            agent._replay = P.transform_to_new_frame(seg["eef"], seg["ref"], ref)
-            agent._replay_key, agent._replay_t = key, 0
-        t = min(agent._replay_t + 1, len(agent._replay) - 1)
-        agent._replay_t += 1
-        return pose_action(env.raw.eef_pose(), agent._replay[t], float(seg["gripper"][t - 1]))
-
     ok = []
     for seed in (1, 2, 3, 4):
         agent = HSPAgent(env, None, None, setup[3], AgentOptions(pose="privileged"), sources, skill_fn=replay_skill)
@@ -435,6 +437,42 @@ def test_privileged_agent_with_replayed_skill_succeeds(setup):
             assert r.stage_success == [True, True] and r.planner_failures == 0
         assert len(r.teacher_sources) == r.stages_attempted and r.teacher_sources[-1] == agent.source_index
     assert sum(ok) >= 2, ok
+
+
+def test_a_skill_start_reached_in_the_loop_continues_the_episode(setup):
+    """run_to_skill_start stops where stage 1's skill takes over; run_skill from that SkillStart
+    (02 --select-starts loop) restores the sim and the gripper controller and finishes the stage
+    as the uninterrupted episode did."""
+    env, *_, sources = setup
+    gripper = env.raw.robots[0].gripper["right"]
+    for seed in (1, 2, 3, 4):
+        whole = HSPAgent(env, None, None, setup[3], AgentOptions(pose="privileged"), sources, skill_fn=replay_skill)
+        full = whole.run_episode(seed)
+        if full.success:
+            break
+    assert full.success
+    agent = HSPAgent(env, None, None, setup[3], AgentOptions(pose="privileged"), sources, skill_fn=replay_skill)
+    r, start = agent.run_to_skill_start(seed, 1)
+    assert start is not None and r.stage_success == [True] and r.stages_attempted == 2
+    assert start.steps == r.steps == full.steps - full.skill_steps[1]  # the last stage has no steps after T
+    assert len(start.gripper_commands) == start.steps
+    at_start = gripper.current_action.copy()
+    env.reset(seed=seed + 100)  # elsewhere, and the gripper controller closed ...
+    for _ in range(5):
+        env.step(np.r_[np.zeros(6), 1.0])
+    env.reset_to(start.state, start.gripper_commands)  # ... then back
+    np.testing.assert_array_equal(gripper.current_action, at_start)
+    assert np.array_equal(env.get_state(), start.state)
+    cont = agent.run_skill(1, start.state, seed, start.gripper_commands, start.steps)
+    assert cont.success and cont.stage_success == [True]
+    assert abs(cont.skill_steps[0] - full.skill_steps[1]) <= 2
+    assert cont.steps == start.steps + cont.skill_steps[0]
+    # a stage the episode cannot reach gives no start: stage 1 after a stage-0 skill that holds still
+    hold = HSPAgent(env, None, None, setup[3], AgentOptions(pose="privileged"), sources,
+                    skill_fn=lambda ag, _i: ag.hold_action())
+    hold.max_skill_steps = [5, 5]
+    r, start = hold.run_to_skill_start(seed, 1)
+    assert start is None and r.failure.startswith("stage 0: skill did not terminate")
 
 
 def test_wilson_interval_known_values():
@@ -570,27 +608,57 @@ def test_skill_selection_saves_the_snapshot_with_most_successes(dataset, tmp_pat
         assert not all(torch.equal(saved[k], v) for k, v in snaps[i][str(other)].items())
 
 
+def test_in_loop_skill_selection_scores_snapshots_where_hsp_priv_episodes_reach_them(dataset, tmp_path):
+    """02 --select-starts loop: each stage's trials start where seeded HSP-Priv episodes (with the
+    skills chosen for the earlier stages) reach its skill; episodes that end before are counted
+    with their reasons, and a stage few episodes reach gets at most LOOP_EPISODES_PER_START tries
+    per start."""
+    train = load_script("train_hsp", "02_train_hsp.py")
+    out = tmp_path / "loop"
+    train.main(["--task", TASK, "--data", dataset, "--out", str(out), "--steps", "20", "--eval-every", "10",
+                "--batch-size", "16", "--hidden", "32", "32", "--select-trials", "2", "--select-starts", "loop",
+                "--no-tqdm"])
+    sel = json.load(open(out / TASK / "hsp_skill_selection.json"))
+    ck = torch.load(out / TASK / "hsp.pt", weights_only=True)
+    assert ck["config"]["skill_selection"] == sel
+    for s in sel:
+        ep = s["episodes"]
+        assert s["starts"] == "loop"
+        assert ep["run"] == ep["reached"] + sum(ep["ended_before"].values())
+        assert ep["run"] <= train.LOOP_EPISODES_PER_START * 2
+        # every snapshot runs one trial from each start (at most the 2 asked for)
+        assert all(c["trials"] == min(2, ep["reached"]) for c in s["candidates"])
+    assert sel[0]["episodes"]["reached"] == 2  # stage 0's skill starts after a planned connect
+    # stage 1's episodes end in stage 0 (a 20-step skill does not thread the needle) or reach stage 1
+    assert all(why.startswith("stage 0") for why in sel[1]["episodes"]["ended_before"])
+    md = open(out / TASK / "hsp_skill_selection.md").read()
+    assert "in-loop skill starts" in md and f"{sel[0]['episodes']['reached']}/{sel[0]['episodes']['run']}" in md
+    with pytest.raises(D.DataError, match="missing.hdf5 does not exist"):
+        train.main(["--task", TASK, "--data", dataset, "--out", str(tmp_path / "x"), "--steps", "2",
+                    "--select-trials", "1", "--select-starts", "loop", "--source", str(tmp_path / "missing.hdf5")])
+
+
 def test_an_interrupted_skill_selection_resumes_with_the_trials_it_has_not_run(dataset, tmp_path, monkeypatch):
     import common.hsp as hsp
     train = load_script("train_hsp", "02_train_hsp.py")
     args = ["--task", TASK, "--data", dataset, "--out", str(tmp_path), "--steps", "20", "--eval-every", "10",
             "--batch-size", "16", "--hidden", "32", "32", "--select-trials", "2", "--no-tqdm"]
-    real, ran = hsp.skill_trials, []
+    real, ran = hsp.SkillTrials.run, []
 
-    def interrupted_after_three(task, ckpt, cands, jobs, workers=1, device="cpu", progress=None):
+    def interrupted_after_three(self, jobs, progress=None):
         def counted(res):
-            ran.append(res[:3])
+            ran.append((res[1], res[2], res[3]))  # stage, step, seed
             progress(res)
             if len(ran) == 3:
                 raise KeyboardInterrupt
-        return real(task, ckpt, cands, jobs, workers, device, counted)
+        return real(self, jobs, counted)
 
-    monkeypatch.setattr(hsp, "skill_trials", interrupted_after_three)
+    monkeypatch.setattr(hsp.SkillTrials, "run", interrupted_after_three)
     with pytest.raises(KeyboardInterrupt):
         train.main(args)
     first, ran[:] = list(ran), []
-    monkeypatch.setattr(hsp, "skill_trials", lambda t, c, k, jobs, *a, **kw: (
-        ran.extend((j[0], j[1], j[4]) for j in jobs), real(t, c, k, jobs, *a, **kw))[1])
+    monkeypatch.setattr(hsp.SkillTrials, "run", lambda self, jobs, progress=None: (
+        ran.extend((j[1], j[2], j[5]) for j in jobs), real(self, jobs, progress))[1])
     train.main(args)
     sel = json.load(open(tmp_path / TASK / "hsp_skill_selection.json"))
     n_trials = sum(c["trials"] for s in sel for c in s["candidates"])
@@ -630,7 +698,8 @@ def test_skill_action_may_differ_per_stage(setup):
 def test_a_worker_that_cannot_set_up_fails_the_call_instead_of_hanging(tmp_path):
     """multiprocessing.Pool replaces a worker whose initializer raised, forever: skill_trials (02's
     selection) and bench/skill_in_loop.py keep the set-up error and raise it with the first job."""
-    from common.hsp import WorkerSetupError, skill_trials
+    from common.hsp import SkillTrials, WorkerSetupError
     missing = str(tmp_path / "missing.pt")
     with pytest.raises(WorkerSetupError, match="_skill_trials_init"):
-        skill_trials(TASK, missing, missing, [(0, "10", None, None, 0)], workers=2)
+        with SkillTrials(TASK, missing, missing, workers=2) as runner:
+            runner.run([("trial", 0, "10", None, None, 0, 0)])
