@@ -24,6 +24,11 @@ Demos are split into train / validation (`val_fraction` of the demos, at least o
 losses are logged beside the training losses. Output in <out>/<task>/:
 hsp.pt (DESIGN.md format), hsp_config.json, hsp_losses.json, hsp_losses.png.
 
+With `--select-trials N`, each stage's skill is the snapshot (a validation evaluation of the
+second half of its training) that succeeds most often in N rollouts, started where held-out demos'
+skills began (`--select-starts demos`) or where HSP-Priv episodes with the skills chosen for the
+earlier stages reach the skill (`--select-starts loop`: the states deployment gives it).
+
 Interrupted runs resume: every network is saved to <out>/<task>/hsp_progress/ as soon as it is
 trained, with a key of everything that determines it (data file, configuration, steps, seed); a
 rerun of the same command loads those and trains only the rest (each network draws its minibatches

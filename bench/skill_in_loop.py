@@ -1,7 +1,8 @@
 """One stage's skill snapshots, scored where deployment runs them and where the selection does.
 
 02_train_hsp.py --select-trials chooses each stage's skill snapshot by rollouts from held-out
-demos' skill-start states. Those states come from *kept* demos: the data generator's successful
+demos' skill-start states (--select-starts demos; --select-starts loop starts them where HSP-Priv
+episodes reach the skill, as the "in the loop" column here). Those states come from *kept* demos: the data generator's successful
 episodes, reached by replaying a source demo's skills. Deployment (Algorithm 1) reaches the same
 stage after the learned skills of the earlier stages and a planned connect, from every seeded
 scene. This script scores each snapshot of `--stage` both ways, on the same networks:
