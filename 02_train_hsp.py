@@ -27,7 +27,7 @@ hsp.pt (DESIGN.md format), hsp_config.json, hsp_losses.json, hsp_losses.png.
 With `--select-trials N`, each stage's skill is the snapshot (a validation evaluation of the
 second half of its training) that succeeds most often in N rollouts, started where held-out demos'
 skills began (`--select-starts demos`) or where HSP-Priv episodes with the skills chosen for the
-earlier stages reach the skill (`--select-starts loop`: the states deployment gives it).
+earlier stages reach the skill (`--select-starts loop`, the default: the states deployment gives it).
 
 Interrupted runs resume: every network is saved to <out>/<task>/hsp_progress/ as soon as it is
 trained, with a key of everything that determines it (data file, configuration, steps, seed); a
@@ -130,9 +130,9 @@ def parse_args(argv=None):
                    help="choose each stage's skill among its snapshots by this many rollouts from held-out "
                         "demos' skill-start states (0 = keep the best validation evaluation; see README)")
     p.add_argument("--select-starts", default=None, choices=["demos", "loop"],
-                   help="where the selection's trials start: held-out demos' skill starts (demos), or where "
-                        "HSP-Priv episodes with the skills chosen for the earlier stages reach the skill (loop: "
-                        "the states deployment gives it; needs --source)")
+                   help="where the selection's trials start: where HSP-Priv episodes with the skills chosen for "
+                        "the earlier stages reach the skill (loop, the default: the states deployment gives it; "
+                        "needs --source), or held-out demos' skill starts (demos)")
     p.add_argument("--source", default=None,
                    help="source demos for I^Priv in --select-starts loop (default: source.hdf5 beside --data)")
     p.add_argument("--select-workers", type=int, default=1, help="processes for the selection rollouts")

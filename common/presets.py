@@ -63,10 +63,11 @@ HSP = dict(
     shift_pad=DRQV2["shift_pad"],
     val_fraction=0.1,  # demos held out for validation losses
     # Skill snapshots chosen by rollouts (02 select_skills): trials per snapshot; 0 keeps each
-    # skill's best validation evaluation. Trials start where held-out demos' skills began
-    # ("demos"), or where HSP-Priv episodes with the skills chosen for earlier stages bring the
-    # skill ("loop": what deployment gives it; README, CoffeePreparation).
-    select_trials=50, select_starts="demos",
+    # skill's best validation evaluation. Trials start where HSP-Priv episodes with the skills
+    # chosen for earlier stages bring the skill ("loop": the states deployment gives it;
+    # CoffeePreparation's Table I rows +11 to +14 points over "demos", README), or where held-out
+    # demos' skills began ("demos": cheaper, but from kept generation attempts only).
+    select_trials=50, select_starts="loop",
     eval_every=5_000,  # steps between validation evaluations
     termination_after_steps=10,  # steps after a stage ends still used to train T_θi (positives)
     termination_pos_weight="balanced",  # BCE positive-class weight: "balanced" (#neg/#pos) or a float

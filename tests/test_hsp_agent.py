@@ -590,7 +590,7 @@ def test_skill_selection_saves_the_snapshot_with_most_successes(dataset, tmp_pat
     train = load_script("train_hsp", "02_train_hsp.py")
     out = tmp_path / "sel"
     train.main(["--task", TASK, "--data", dataset, "--out", str(out), "--steps", "40", "--eval-every", "10",
-                "--batch-size", "16", "--hidden", "32", "32", "--select-trials", "2", "--no-tqdm"])
+                "--batch-size", "16", "--hidden", "32", "32", "--select-trials", "2", "--select-starts", "demos", "--no-tqdm"])
     d = out / TASK
     sel = json.load(open(d / "hsp_skill_selection.json"))
     snaps = torch.load(d / "hsp_skill_snapshots.pt", weights_only=True)["stages"]
@@ -642,7 +642,7 @@ def test_an_interrupted_skill_selection_resumes_with_the_trials_it_has_not_run(d
     import common.hsp as hsp
     train = load_script("train_hsp", "02_train_hsp.py")
     args = ["--task", TASK, "--data", dataset, "--out", str(tmp_path), "--steps", "20", "--eval-every", "10",
-            "--batch-size", "16", "--hidden", "32", "32", "--select-trials", "2", "--no-tqdm"]
+            "--batch-size", "16", "--hidden", "32", "32", "--select-trials", "2", "--select-starts", "demos", "--no-tqdm"]
     real, ran = hsp.SkillTrials.run, []
 
     def interrupted_after_three(self, jobs, progress=None):
