@@ -621,7 +621,7 @@ def loop_starts(runner, i: int, chosen_steps: dict, n: int, args) -> tuple[list,
     """[(SkillStart, seed)] of the first n seeds (in order) whose HSP-Priv episode, with the skills
     chosen for stages before i, reaches stage i's skill; and how many episodes that took, with the
     reasons the others ended (e.g. an earlier skill failing, a plan not found)."""
-    reached, failures, k, cap = {}, {}, 0, LOOP_EPISODES_PER_START * n
+    reached, ended, k, cap = {}, {}, 0, LOOP_EPISODES_PER_START * n
     bar = tqdm(total=n, desc=f"stage {i} in-loop skill starts", unit="start", disable=args.no_tqdm)
     while len(reached) < n and k < cap:
         rate = len(reached) / k if reached else 1.0  # episodes for the starts still missing, at the rate so far
@@ -633,15 +633,21 @@ def loop_starts(runner, i: int, chosen_steps: dict, n: int, args) -> tuple[list,
                 bar.update(int(len(reached) <= n))
             else:
                 head, _, rest = (failure or "episode ended").partition(": ")
-                why = f"{head}: {' '.join(rest.split()[:4])}".rstrip(": ")  # e.g. "stage 0: skill did not terminate"
-                failures[why] = failures.get(why, 0) + 1
+                ended[seed] = f"{head}: {' '.join(rest.split()[:4])}".rstrip(": ")  # "stage 0: skill did not terminate"
         k += batch
     bar.close()
-    if len(reached) < n:
-        print(f"[stage {i}] warning: {len(reached)} of {k} HSP-Priv episodes reached the skill, "
-              f"fewer than the {n} trials asked for")
     seeds = sorted(reached)[:n]
-    return [(reached[s], s) for s in seeds], {"run": k, "reached": len(reached), "ended_before": failures}
+    # count the episodes up to the n-th start only: the batches' sizes depend on --select-workers
+    last = seeds[-1] if len(seeds) == n else select_seed(args.seed, k - 1)
+    failures = {}
+    for seed, why in ended.items():
+        if seed <= last:
+            failures[why] = failures.get(why, 0) + 1
+    run = sum(1 for s in list(reached) + list(ended) if s <= last)
+    if len(seeds) < n:
+        print(f"[stage {i}] warning: {len(seeds)} of {run} HSP-Priv episodes reached the skill, "
+              f"fewer than the {n} trials asked for")
+    return [(reached[s], s) for s in seeds], {"run": run, "reached": len(seeds), "ended_before": failures}
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -693,6 +699,16 @@ def progress_key(config: dict, hp: dict, data_path: str) -> str:
     st = os.stat(data_path)
     blob = json.dumps([config, hp, st.st_size, st.st_mtime_ns], sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def selection_key(run_key: str, config: dict, hp: dict, args) -> str:
+    """What determines the selection's trials: the networks, their steps, the selection's settings
+    and, for in-loop starts, the source demos I^Priv reads (its file's size and modification time)."""
+    parts = [run_key, config["train"]["steps"], {k: hp[k] for k in ("select_trials", "select_starts")}]
+    if hp["select_starts"] == "loop":
+        st = os.stat(args.source)
+        parts.append([os.path.abspath(args.source), st.st_size, st.st_mtime_ns])
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_progress(path: str, key: str):
@@ -833,7 +849,10 @@ def main(argv=None) -> dict:
     progress_dir = os.path.join(out_dir, "hsp_progress")  # one file per trained network: resume
     if args.fresh:
         shutil.rmtree(progress_dir, ignore_errors=True)
-    run_key = progress_key(config, hp, args.data)
+    # what determines the networks; the selection's settings only its trials (key below), so a
+    # rerun with another --select-trials or --select-starts redoes the selection, not the training
+    selection_hp = ("select_trials", "select_starts")
+    run_key = progress_key(config, {k: v for k, v in hp.items() if k not in selection_hp}, args.data)
     kind_index = {"pose": 0, "skill": 1, "termination": 2}
     for i in range(n_stages):
         name = f"stage{i}_{data['stages'][i]['name']}"
@@ -900,7 +919,7 @@ def main(argv=None) -> dict:
             args, ckpt_path, out_dir, data, val_demos, skill_snapshots, losses, stages, int(hp["select_trials"]),
             hp["select_starts"],
             log_path=os.path.join(progress_dir, "skill_trials.jsonl"),
-            key=f"{run_key}/{json.dumps(config['train']['steps'], sort_keys=True)}")
+            key=selection_key(run_key, config, hp, args))
         for sel in config["skill_selection"]:  # report the validation metrics of the weights saved
             h = losses[sel["stage"]]["skill"]
             final[sel["stage"]]["skill"] = h["val_metrics"][h["step"].index(sel["chosen_step"])]

@@ -26,7 +26,9 @@ def eval_seed(seed: int, k: int) -> int:
     return EVAL_SEED_BASE + seed * 100003 + k
 
 
-SELECT_SEED_BASE = 9_000_000  # 02's in-loop selection episodes: neither generation nor evaluation seeds
+# 02's in-loop selection episodes: neither generation (1,000,000 + 100,003 x seed + ...) nor
+# evaluation seeds for --seed below 70
+SELECT_SEED_BASE = 9_000_000
 
 
 def select_seed(seed: int, k: int) -> int:
