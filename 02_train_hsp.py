@@ -76,6 +76,9 @@ DERIVED_KEYS = ("object_rel", "proprio_without_joints")  # recomputed from propr
 # On 100 NutAssembly demos the grasp skill's action MSE doubles between 5k and 20k steps.
 SELECT_METRIC = {"pose": "loss", "skill": "action_mse", "termination": "loss"}
 VAL_MAX_ROWS = 4096  # validation rows per network (a fixed random subset of the held-out demos' rows)
+# The presets' settings of the snapshot selection: they determine its trials (selection_key), not
+# the networks (progress_key), so a rerun with other values redoes the selection, not the training.
+SELECTION_HP = ("select_trials", "select_starts")
 
 
 def parse_args(argv=None):
@@ -704,7 +707,7 @@ def progress_key(config: dict, hp: dict, data_path: str) -> str:
 def selection_key(run_key: str, config: dict, hp: dict, args) -> str:
     """What determines the selection's trials: the networks, their steps, the selection's settings
     and, for in-loop starts, the source demos I^Priv reads (its file's size and modification time)."""
-    parts = [run_key, config["train"]["steps"], {k: hp[k] for k in ("select_trials", "select_starts")}]
+    parts = [run_key, config["train"]["steps"], {k: hp[k] for k in SELECTION_HP}]
     if hp["select_starts"] == "loop":
         st = os.stat(args.source)
         parts.append([os.path.abspath(args.source), st.st_size, st.st_mtime_ns])
@@ -849,10 +852,7 @@ def main(argv=None) -> dict:
     progress_dir = os.path.join(out_dir, "hsp_progress")  # one file per trained network: resume
     if args.fresh:
         shutil.rmtree(progress_dir, ignore_errors=True)
-    # what determines the networks; the selection's settings only its trials (key below), so a
-    # rerun with another --select-trials or --select-starts redoes the selection, not the training
-    selection_hp = ("select_trials", "select_starts")
-    run_key = progress_key(config, {k: v for k, v in hp.items() if k not in selection_hp}, args.data)
+    run_key = progress_key(config, {k: v for k, v in hp.items() if k not in SELECTION_HP}, args.data)
     kind_index = {"pose": 0, "skill": 1, "termination": 2}
     for i in range(n_stages):
         name = f"stage{i}_{data['stages'][i]['name']}"
