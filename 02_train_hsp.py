@@ -78,7 +78,7 @@ SELECT_METRIC = {"pose": "loss", "skill": "action_mse", "termination": "loss"}
 VAL_MAX_ROWS = 4096  # validation rows per network (a fixed random subset of the held-out demos' rows)
 # The presets' settings of the snapshot selection: they determine its trials (selection_key), not
 # the networks (progress_key), so a rerun with other values redoes the selection, not the training.
-SELECTION_HP = ("select_trials", "select_starts")
+SELECTION_HP = ("select_trials", "select_starts", "select_actions")
 
 
 def parse_args(argv=None):
@@ -136,6 +136,9 @@ def parse_args(argv=None):
                    help="where the selection's trials start: where HSP-Priv episodes with the skills chosen for "
                         "the earlier stages reach the skill (loop, the default: the states deployment gives it; "
                         "needs --source), or held-out demos' skill starts (demos)")
+    p.add_argument("--select-actions", nargs="+", default=None, choices=["component", "mode", "sample"],
+                   help="the skill-action rules each snapshot is tried with (AgentOptions.skill_action; default "
+                        "component mode): the best (snapshot, rule) is kept, and the checkpoint stores the rule")
     p.add_argument("--source", default=None,
                    help="source demos for I^Priv in --select-starts loop (default: source.hdf5 beside --data)")
     p.add_argument("--select-workers", type=int, default=1, help="processes for the selection rollouts")
@@ -497,9 +500,11 @@ def train_net(desc, kind, net, loss_fn, train_rows, val_rows, steps, hp, rng, de
 
 # ------------------------------------------------------------------------------------------ selection
 def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, stages, n_trials, starts_from,
-                  log_path: str, key: str) -> list:
+                  actions: list, log_path: str, key: str) -> tuple[list, list]:
     """Choose each stage's skill among its snapshots (the validation evaluations of the second half
-    of its training) by rollout success, and put the winner into `stages` (in place).
+    of its training), each acting by each rule of `actions` (AgentOptions.skill_action), by rollout
+    success; put the winning snapshot into `stages` (in place) and return the selection's record
+    with the winning rule per stage.
 
     Validation losses say little about closed-loop success (robomimic, Mandlekar et al. 2021; MimicGen
     reports the best checkpoint by rollouts). Here every snapshot of stage i runs the same
@@ -514,9 +519,11 @@ def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, 
       states deployment brings the skill to. Stages are chosen in order, and the episodes' seeds
       are 02's own (presets.select_seed), never the evaluation's.
 
-    Ties go to the best validation evaluation, then the later step. Each trial's outcome is appended
-    to `log_path` under `key` as it finishes: an interrupted selection resumes with the trials it
-    has not run (a loop selection re-runs its start episodes, which are seeded).
+    Every (snapshot, rule) runs the same trials with the same seeds, so they are compared paired.
+    Ties go to the best validation evaluation, then the later step, then the rule listed first. Each
+    trial's outcome is appended to `log_path` under `key` as it finishes: an interrupted selection
+    resumes with the trials it has not run (a loop selection re-runs its start episodes, which are
+    seeded).
     """
     from common.hsp import SkillTrials
 
@@ -532,12 +539,13 @@ def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, 
                 except ValueError:
                     continue  # a line cut short by the interruption
                 if r.get("key") == key:
-                    logged[(r["stage"], r["step"], r["seed"])] = bool(r["ok"])
+                    logged[(r["stage"], r["step"], r.get("action", "component"), r["seed"])] = bool(r["ok"])
     n_cand = sum(len(s) for s in snapshots)
-    print(f"skill selection: {n_cand} snapshots x {n_trials} trials from "
+    print(f"skill selection: {n_cand} snapshots x {len(actions)} action rules ({', '.join(actions)}) x "
+          f"{n_trials} trials from "
           + (f"{len(val_demos)} held-out demos' skill starts" if starts_from == "demos"
              else "in-loop skill starts (HSP-Priv episodes)") + f", {args.select_workers} workers")
-    selection, chosen_steps = [], {}
+    selection, chosen = [], {}  # chosen: stage -> (snapshot step, action rule)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with SkillTrials(args.task, ckpt_path, cand_path, workers=args.select_workers, device=args.device,
                      source=args.source if starts_from == "loop" else None) as runner, open(log_path, "a") as log:
@@ -545,61 +553,70 @@ def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, 
             if starts_from == "demos":
                 starts, reach = demo_starts(args, data, val_demos, i, n_trials), None
             else:
-                starts, reach = loop_starts(runner, i, chosen_steps, n_trials, args)
-            jobs = [("trial", i, step, start.state, start.gripper_commands, seed, start.steps)
-                    for start, seed in starts for step in snaps]
-            wins = {step: [0, 0] for step in snaps}
+                starts, reach = loop_starts(runner, i, chosen, n_trials, args)
+            cands = [(step, how) for step in snaps for how in actions]
+            jobs = [("trial", i, step, how, start.state, start.gripper_commands, seed, start.steps)
+                    for start, seed in starts for step, how in cands]
+            wins = {c: [0, 0] for c in cands}
             bar = tqdm(total=len(jobs), desc=f"{names[i]} skill selection", unit="trial", disable=args.no_tqdm)
 
-            def count(step, ok):
-                wins[step][0] += int(ok)
-                wins[step][1] += 1
+            def count(cand, ok):
+                wins[cand][0] += int(ok)
+                wins[cand][1] += 1
                 bar.update(1)
 
             todo = []
             for job in jobs:
-                if (i, job[2], job[5]) in logged:
-                    count(job[2], logged[(i, job[2], job[5])])
+                if (i, job[2], job[3], job[6]) in logged:
+                    count((job[2], job[3]), logged[(i, job[2], job[3], job[6])])
                 else:
                     todo.append(job)
             if len(todo) < len(jobs):
                 print(f"[{names[i]} skill] {len(jobs) - len(todo)} trials resumed from {log_path}")
 
             def progress(res):
-                _, _, step, seed, ok, _ = res
-                count(step, ok)
-                log.write(json.dumps({"key": key, "stage": i, "step": int(step), "seed": int(seed),
+                _, _, step, how, seed, ok, _ = res
+                count((step, how), ok)
+                log.write(json.dumps({"key": key, "stage": i, "step": int(step), "action": how, "seed": int(seed),
                                       "ok": bool(ok)}) + "\n")
                 log.flush()
 
             runner.run(todo, progress=progress)
             bar.close()
             best_val = losses[names[i]]["skill"].get("best_step")
-            rows = [{"step": int(step), "successes": wins[step][0], "trials": wins[step][1],
+            rows = [{"step": int(step), "action": how, "successes": wins[(step, how)][0],
+                     "trials": wins[(step, how)][1],
                      "val_action_mse": losses[names[i]]["skill"]["val_metrics"][
                          losses[names[i]]["skill"]["step"].index(step)]["action_mse"],
-                     "best_validation": step == best_val} for step in snaps]
-            chosen = max(rows, key=lambda r: (r["successes"], r["best_validation"], r["step"]))
-            stages[i]["skill"] = snapshots[i][chosen["step"]]
-            chosen_steps[i] = chosen["step"]
-            selection.append({"stage": names[i], "chosen_step": chosen["step"], "starts": starts_from,
-                              "candidates": rows, **({"episodes": reach} if reach else {})})
+                     "best_validation": step == best_val} for step, how in cands]
+            best = max(rows, key=lambda r: (r["successes"], r["best_validation"], r["step"],
+                                            -actions.index(r["action"])))
+            stages[i]["skill"] = snapshots[i][best["step"]]
+            chosen[i] = (best["step"], best["action"])
+            selection.append({"stage": names[i], "chosen_step": best["step"], "chosen_action": best["action"],
+                              "starts": starts_from, "candidates": rows, **({"episodes": reach} if reach else {})})
             print(f"[{names[i]} skill] " + ", ".join(
-                f"{'*' if r is chosen else ''}{r['step']}: {r['successes']}/{r['trials']}" for r in rows))
-    width = max(len(s) for s in snapshots)
-    md = ["| stage | " + " | ".join(f"snapshot {k + 1}" for k in range(width)) + " | chosen |"
+                f"{'*' if r is best else ''}{label(r)}: {r['successes']}/{r['trials']}" for r in rows))
+    width = max(len(s["candidates"]) for s in selection)
+    md = ["| stage | " + " | ".join(f"candidate {k + 1}" for k in range(width)) + " | chosen |"
           + (" episodes reaching the skill |" if starts_from == "loop" else ""),
           "|---|" + "---|" * (width + 1 + (starts_from == "loop"))]
     for sel in selection:
         md.append(f"| {sel['stage']} | " + " | ".join(
-            f"{r['step']}: {r['successes']}/{r['trials']}" for r in sel["candidates"]) + f" | {sel['chosen_step']} |"
+            f"{label(r)}: {r['successes']}/{r['trials']}" for r in sel["candidates"])
+            + f" | {sel['chosen_step']} {sel['chosen_action']} |"
             + (f" {sel['episodes']['reached']}/{sel['episodes']['run']} |" if starts_from == "loop" else ""))
     where = ("held-out demos' skill-start states" if starts_from == "demos" else
              "in-loop skill starts (HSP-Priv episodes with the skills chosen for the earlier stages)")
     with open(os.path.join(out_dir, "hsp_skill_selection.md"), "w") as f:
-        f.write(f"Skill success from {where}, per snapshot (step: successes/trials)\n\n" + "\n".join(md) + "\n")
+        f.write(f"Skill success from {where}, per snapshot and action rule (step rule: successes/trials)\n\n"
+                + "\n".join(md) + "\n")
     write_json(os.path.join(out_dir, "hsp_skill_selection.json"), selection)
-    return selection
+    return selection, [chosen[i][1] if i in chosen else "component" for i in range(len(snapshots))]
+
+
+def label(row: dict) -> str:
+    return f"{row['step']} {row['action']}"
 
 
 def demo_starts(args, data, val_demos, i: int, n_trials: int) -> list:
@@ -620,16 +637,16 @@ def demo_starts(args, data, val_demos, i: int, n_trials: int) -> list:
 LOOP_EPISODES_PER_START = 4
 
 
-def loop_starts(runner, i: int, chosen_steps: dict, n: int, args) -> tuple[list, dict]:
+def loop_starts(runner, i: int, chosen: dict, n: int, args) -> tuple[list, dict]:
     """[(SkillStart, seed)] of the first n seeds (in order) whose HSP-Priv episode, with the skills
-    chosen for stages before i, reaches stage i's skill; and how many episodes that took, with the
+    chosen for stages before i (chosen: stage -> (snapshot step, action rule)), reaches stage i's skill; and how many episodes that took, with the
     reasons the others ended (e.g. an earlier skill failing, a plan not found)."""
     reached, ended, k, cap = {}, {}, 0, LOOP_EPISODES_PER_START * n
     bar = tqdm(total=n, desc=f"stage {i} in-loop skill starts", unit="start", disable=args.no_tqdm)
     while len(reached) < n and k < cap:
         rate = len(reached) / k if reached else 1.0  # episodes for the starts still missing, at the rate so far
         batch = min(cap - k, max(args.select_workers, int(math.ceil((n - len(reached)) / max(rate, 0.25)))))
-        jobs = [("start", i, select_seed(args.seed, k + j), dict(chosen_steps)) for j in range(batch)]
+        jobs = [("start", i, select_seed(args.seed, k + j), dict(chosen)) for j in range(batch)]
         for _, _, seed, start, failure in runner.run(jobs):
             if start is not None:
                 reached[seed] = start
@@ -735,9 +752,10 @@ def main(argv=None) -> dict:
                  ("rnn_horizon", args.rnn_horizon),
                  ("eval_every", args.eval_every), ("val_fraction", args.val_fraction),
                  ("pose_modes", args.pose_modes), ("select_trials", args.select_trials),
-                 ("select_starts", args.select_starts)):
+                 ("select_starts", args.select_starts), ("select_actions", args.select_actions)):
         if v is not None:
             hp[k] = v
+    hp["select_actions"] = list(dict.fromkeys(hp["select_actions"]))  # in order, once each
     hp["keep_best"] = not args.keep_last
     if isinstance(hp["skill_net"], dict):  # the preset's choice for this obs mode
         hp["skill_net"] = hp["skill_net"][args.obs]
@@ -915,9 +933,10 @@ def main(argv=None) -> dict:
                "termination": m["termination"].state_dict(), "success_prob": None} for m in models]
     save_checkpoint(ckpt_path, args.task, args.obs, config, normalizer.state_dict(), stages)
     if hp["select_trials"] > 0:
-        config["skill_selection"] = select_skills(
+        # the agent acts by the stored rules (AgentOptions.skill_action None = the checkpoint's)
+        config["skill_selection"], config["skill_action"] = select_skills(
             args, ckpt_path, out_dir, data, val_demos, skill_snapshots, losses, stages, int(hp["select_trials"]),
-            hp["select_starts"],
+            hp["select_starts"], hp["select_actions"],
             log_path=os.path.join(progress_dir, "skill_trials.jsonl"),
             key=selection_key(run_key, config, hp, args))
         for sel in config["skill_selection"]:  # report the validation metrics of the weights saved

@@ -70,8 +70,9 @@ def parse_args(argv=None):
                    help="override every variant's termination (Table III compares the two)")
     p.add_argument("--action-noise", type=float, default=None, help="override: σ on skill pose actions")
     p.add_argument("--skill-action", default=None, nargs="+", choices=["component", "mode", "sample"],
-                   help="override how the GMM skills act (default component: robomimic's low-noise eval; mode: "
-                        "the deterministic action): one value for every stage, or one per stage")
+                   help="override how the GMM skills act (default: the rules 02_train_hsp.py's selection stored in "
+                        "the checkpoint, else component: robomimic's low-noise eval; mode: the deterministic "
+                        "action): one value for every stage, or one per stage")
     p.add_argument("--finish-skill", default=None, choices=["on", "off"],
                    help="override: after T fires, run the skill for the data's post-termination steps "
                         "(default on; off: stop the skill when T fires)")
@@ -105,11 +106,16 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------------------ jobs
-def make_jobs(args, n_stages: int) -> list[dict]:
+def make_jobs(args, n_stages: int, checkpoint_actions: list | None = None) -> list[dict]:
     """One job per (variant configuration, rollout). Options are part of the job, so a resumed run
-    only reuses rollouts of identical configurations."""
+    only reuses rollouts of identical configurations. Skills act by --skill-action, else by the
+    rules 02_train_hsp.py's selection stored in the checkpoint (`checkpoint_actions`), else by the
+    component draw; the job names the rule either way."""
     n = args.rollouts
-    overrides = {}
+    overrides = {"skill_action": "component"}
+    if checkpoint_actions:
+        overrides["skill_action"] = (checkpoint_actions[0] if len(set(checkpoint_actions)) == 1
+                                     else tuple(checkpoint_actions))
     if args.termination:
         overrides["termination"] = args.termination
     if args.action_noise is not None:
@@ -374,7 +380,7 @@ def main(argv=None) -> dict:
     if ck["config"]["n_stages"] != len(stage_names):
         raise CheckpointError(f"{args.ckpt} has {ck['config']['n_stages']} stages, {args.task} has "
                               f"{len(stage_names)}: retrain it with 02_train_hsp.py")
-    jobs = make_jobs(args, len(stage_names))
+    jobs = make_jobs(args, len(stage_names), ck["config"].get("skill_action"))
     if any(j["options"]["pose"] == "privileged" for j in jobs):
         with D.open_dataset(args.source, task=args.task):  # clear error if missing or malformed
             pass

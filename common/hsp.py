@@ -74,8 +74,9 @@ class AgentOptions:
     # How π_θi's GMM gives an action: "component" = robomimic's low-noise evaluation (sample the
     # mixture component with the episode's seeded generator, take its mean); "mode" = the most
     # probable component's mean (deterministic); "sample" = draw from the full mixture. One value
-    # for every stage, or a tuple with one per stage.
-    skill_action: str | tuple = "component"
+    # for every stage, or a tuple with one per stage; None = the rules 02_train_hsp.py's selection
+    # chose with the snapshots and stored in the checkpoint (config "skill_action"), else component.
+    skill_action: str | tuple | None = None
     # Finish the skill as the data did: once T fires, run π_θi for the demos' median number of
     # steps after T_i(s) first held (the checkpoint's post_termination_steps: a grasp's lift, an
     # insertion's release and retreat), so that the next stage's connect starts where the data's
@@ -93,7 +94,8 @@ class AgentOptions:
         checks = (("pose", self.pose, ("learned", "privileged")),
                   ("termination", self.termination, ("oracle", "learned")),
                   ("source_select", self.source_select, ("task", "random", "nearest", "wrist")))
-        per_stage = self.skill_action if isinstance(self.skill_action, (tuple, list)) else (self.skill_action,)
+        per_stage = (() if self.skill_action is None else self.skill_action
+                     if isinstance(self.skill_action, (tuple, list)) else (self.skill_action,))
         checks += tuple(("skill_action", v, ("component", "mode", "sample")) for v in per_stage)
         for name, value, allowed in checks:
             if value not in allowed:
@@ -107,7 +109,7 @@ class AgentOptions:
             parts.append(f"pose noise σ={self.pose_noise}")
         if self.action_noise:
             parts.append(f"action noise σ={self.action_noise}")
-        if self.skill_action != "component":
+        if self.skill_action not in (None, "component"):
             how = self.skill_action if isinstance(self.skill_action, str) else " / ".join(self.skill_action)
             parts.append(f"skill action: {how}")
         if not self.finish_skill:
@@ -274,14 +276,20 @@ class HSPAgent:
         prob = self.models[i]["termination"].prob(self.history.batch(self.device))
         return float(prob[0]) > self.options.termination_threshold
 
+    def stage_skill_action(self, i: int) -> str:
+        """How π_θi acts: the options' rule, or the checkpoint's (chosen by 02's selection)."""
+        how = self.options.skill_action
+        if how is None:
+            how = (self.config or {}).get("skill_action") or "component"
+        return how if isinstance(how, str) else how[i]  # one per stage
+
     @torch.no_grad()
     def skill_action(self, i: int) -> np.ndarray:
         if self.skill_fn is not None:
             a = np.asarray(self.skill_fn(self, i), dtype=np.float64)
         else:
             pi, obs = self.models[i]["skill"], self.history.batch(self.device)
-            how = self.options.skill_action
-            how = how if isinstance(how, str) else how[i]  # one per stage
+            how = self.stage_skill_action(i)
             if how == "component":
                 a = pi.component_mean(obs, self.rng.random(1))
             else:
@@ -614,7 +622,8 @@ def _skill_trials_init(task: str, ckpt_path: str, candidates_path: str, device: 
     ck, models = load_hsp_models(ckpt_path, task, device=device)
     env = make_env(task, obs_mode=ck["obs_mode"])
     env.reset(seed=0)  # robosuite steps only after a reset; every trial then restores its state
-    trial = HSPAgent(env, models, ck["config"], None, AgentOptions(termination="oracle"), device=device)
+    trial = HSPAgent(env, models, ck["config"], None, AgentOptions(termination="oracle", skill_action="component"),
+                     device=device)
     episode = None
     if source is not None:  # HSP-Priv episodes to the skill starts (Table I's privileged row)
         demos, _ = D.load_all(source, task=task)
@@ -632,23 +641,30 @@ def _load_snapshot(i: int, step) -> None:
 
 
 def _skill_trial(job: tuple) -> tuple:
-    """job = ("trial", stage, snapshot step, sim state, gripper commands before it, seed, steps
-    before it) -> ("trial", stage, step, seed, success, skill steps);
-    job = ("start", stage, seed, {earlier stage: its chosen step}) -> ("start", stage, seed,
-    SkillStart or None, failure): an HSP-Priv episode with the chosen skills, to stage's skill start."""
+    """job = ("trial", stage, snapshot step, action rule, sim state, gripper commands before it, seed,
+    steps before it) -> ("trial", stage, step, rule, seed, success, skill steps);
+    job = ("start", stage, seed, {earlier stage: (its chosen step, its rule)}) -> ("start", stage,
+    seed, SkillStart or None, failure): an HSP-Priv episode with the chosen skills, to stage's skill
+    start."""
     raise_setup_error(_skill_trials_init)
     if job[0] == "start":
         _, i, seed, chosen = job
-        if _TRIALS["episode"] is None:
+        episode = _TRIALS["episode"]
+        if episode is None:
             raise RuntimeError("skill starts need the task's source demos: pass source= to SkillTrials")
-        for j, step in chosen.items():
+        rules = ["component"] * episode.n_stages  # stage i's skill is not run: its rule is moot
+        for j, (step, how) in chosen.items():
             _load_snapshot(j, step)
-        r, start = _TRIALS["episode"].run_to_skill_start(seed, i)
+            rules[j] = how
+        episode.options = replace(episode.options, skill_action=tuple(rules))
+        r, start = episode.run_to_skill_start(seed, i)
         return "start", i, seed, start, r.failure
-    _, i, step, state, grip, seed, steps_before = job
+    _, i, step, how, state, grip, seed, steps_before = job
     _load_snapshot(i, step)
-    r = _TRIALS["trial"].run_skill(i, state, seed, grip, steps_before)
-    return "trial", i, step, seed, r.success, (r.skill_steps or [0])[-1]
+    trial = _TRIALS["trial"]
+    trial.options = replace(trial.options, skill_action=how)
+    r = trial.run_skill(i, state, seed, grip, steps_before)
+    return "trial", i, step, how, seed, r.success, (r.skill_steps or [0])[-1]
 
 
 class SkillTrials:

@@ -70,6 +70,12 @@ HSP = dict(
     # CoffeePreparation's Table I rows +11 to +14 points over "demos", README), or where held-out
     # demos' skills began ("demos": cheaper, but from kept generation attempts only).
     select_trials=50, select_starts="loop",
+    # ... and each snapshot acts by each of these rules (AgentOptions.skill_action), on the same
+    # trials: the (snapshot, rule) with the most successes is kept and stored in the checkpoint,
+    # which the agent then acts by. On CoffeePreparation's mug-and-lid skill the deterministic mode
+    # of a later snapshot beat the component draw of the one chosen without it, 73 vs 56 of the same
+    # 89 in-loop starts (README).
+    select_actions=("component", "mode"),
     eval_every=5_000,  # steps between validation evaluations
     termination_after_steps=10,  # steps after a stage ends still used to train T_θi (positives)
     termination_pos_weight="balanced",  # BCE positive-class weight: "balanced" (#neg/#pos) or a float

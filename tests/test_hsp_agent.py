@@ -586,7 +586,8 @@ def test_skill_from_a_stored_state_replays_the_demo_and_fails_standing_still(set
 
 def test_skill_selection_saves_the_snapshot_with_most_successes(dataset, tmp_path):
     """02 --select-trials: every stage's snapshots (the evaluations of the second half of training)
-    each run the same trials; the checkpoint's skill is the one with the most successes."""
+    each run the same trials with each action rule; the checkpoint's skill is the snapshot of the
+    (snapshot, rule) with the most successes, and its config the rules the agent then acts by."""
     train = load_script("train_hsp", "02_train_hsp.py")
     out = tmp_path / "sel"
     train.main(["--task", TASK, "--data", dataset, "--out", str(out), "--steps", "40", "--eval-every", "10",
@@ -596,15 +597,17 @@ def test_skill_selection_saves_the_snapshot_with_most_successes(dataset, tmp_pat
     snaps = torch.load(d / "hsp_skill_snapshots.pt", weights_only=True)["stages"]
     ck = torch.load(d / "hsp.pt", weights_only=True)
     assert ck["config"]["skill_selection"] == sel and len(sel) == len(ck["stages"]) == 2
+    assert ck["config"]["skill_action"] == [s["chosen_action"] for s in sel]
     for i, s in enumerate(sel):
-        steps = [c["step"] for c in s["candidates"]]
-        assert steps == [20, 30, 40] and all(c["trials"] == 2 for c in s["candidates"])
+        cands = [(c["step"], c["action"]) for c in s["candidates"]]
+        assert cands == [(k, how) for k in (20, 30, 40) for how in ("component", "mode")]
+        assert all(c["trials"] == 2 for c in s["candidates"])
         best = max(c["successes"] for c in s["candidates"])
-        chosen = next(c for c in s["candidates"] if c["step"] == s["chosen_step"])
+        chosen = next(c for c in s["candidates"] if (c["step"], c["action"]) == (s["chosen_step"], s["chosen_action"]))
         assert chosen["successes"] == best
         saved = ck["stages"][i]["skill"]
         assert all(torch.equal(saved[k], v) for k, v in snaps[i][str(s["chosen_step"])].items())
-        other = [k for k in steps if k != s["chosen_step"]][0]
+        other = [k for k in (20, 30, 40) if k != s["chosen_step"]][0]
         assert not all(torch.equal(saved[k], v) for k, v in snaps[i][str(other)].items())
 
 
@@ -647,7 +650,7 @@ def test_an_interrupted_skill_selection_resumes_with_the_trials_it_has_not_run(d
 
     def interrupted_after_three(self, jobs, progress=None):
         def counted(res):
-            ran.append((res[1], res[2], res[3]))  # stage, step, seed
+            ran.append((res[1], res[2], res[3], res[4]))  # stage, step, action rule, seed
             progress(res)
             if len(ran) == 3:
                 raise KeyboardInterrupt
@@ -658,11 +661,11 @@ def test_an_interrupted_skill_selection_resumes_with_the_trials_it_has_not_run(d
         train.main(args)
     first, ran[:] = list(ran), []
     monkeypatch.setattr(hsp.SkillTrials, "run", lambda self, jobs, progress=None: (
-        ran.extend((j[1], j[2], j[5]) for j in jobs), real(self, jobs, progress))[1])
+        ran.extend((j[1], j[2], j[3], j[6]) for j in jobs), real(self, jobs, progress))[1])
     train.main(args)
     sel = json.load(open(tmp_path / TASK / "hsp_skill_selection.json"))
     n_trials = sum(c["trials"] for s in sel for c in s["candidates"])
-    assert n_trials == 2 * 2 * 2  # 2 stages x 2 snapshots (steps 10, 20) x 2 trials, all counted
+    assert n_trials == 2 * 2 * 2 * 2  # 2 stages x 2 snapshots (steps 10, 20) x 2 rules x 2 trials, all counted
     assert len(ran) == n_trials - 3 and not set(first) & set(ran)  # the logged three were not rerun
     assert not (tmp_path / TASK / "hsp_progress").exists()
 
@@ -693,6 +696,22 @@ def test_skill_action_may_differ_per_stage(setup):
     with pytest.raises(ValueError, match="skill_action"):
         AgentOptions(skill_action=("mode", "argmax"))
     assert "skill action: mode / component" in AgentOptions(skill_action=("mode", "component")).describe()
+    # no rule given: the checkpoint's (02's selection stores one per stage), else component
+    chosen = HSPAgent(env, models, dict(ck["config"], skill_action=["mode", "component"]), planner, AgentOptions(),
+                      sources)
+    assert [chosen.stage_skill_action(i) for i in (0, 1)] == ["mode", "component"]
+    chosen.begin_episode(seed=5)
+    assert np.array_equal(chosen.skill_action(0), actions["mode"][0])
+    assert agent_for(setup).stage_skill_action(0) == "component"  # a checkpoint without a selection
+    chosen.options = AgentOptions(skill_action="component")  # an explicit rule overrides the checkpoint's
+    assert chosen.stage_skill_action(0) == "component"
+    # 06_evaluate.py names the rule in every job (its resume key): --skill-action, else the checkpoint's
+    args = evaluate.parse_args(["--task", TASK, "--rollouts", "1", "--variants", "HSP"])
+    assert evaluate.make_jobs(args, 2, ["mode", "component"])[0]["options"]["skill_action"] == ("mode", "component")
+    assert evaluate.make_jobs(args, 2, ["mode", "mode"])[0]["options"]["skill_action"] == "mode"
+    assert evaluate.make_jobs(args, 2, None)[0]["options"]["skill_action"] == "component"
+    args = evaluate.parse_args(["--task", TASK, "--rollouts", "1", "--variants", "HSP", "--skill-action", "sample"])
+    assert evaluate.make_jobs(args, 2, ["mode", "mode"])[0]["options"]["skill_action"] == "sample"
 
 
 def test_a_worker_that_cannot_set_up_fails_the_call_instead_of_hanging(tmp_path):
@@ -702,4 +721,4 @@ def test_a_worker_that_cannot_set_up_fails_the_call_instead_of_hanging(tmp_path)
     missing = str(tmp_path / "missing.pt")
     with pytest.raises(WorkerSetupError, match="_skill_trials_init"):
         with SkillTrials(TASK, missing, missing, workers=2) as runner:
-            runner.run([("trial", 0, "10", None, None, 0, 0)])
+            runner.run([("trial", 0, "10", "component", None, None, 0, 0)])
