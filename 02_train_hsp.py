@@ -597,26 +597,37 @@ def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, 
                               "starts": starts_from, "candidates": rows, **({"episodes": reach} if reach else {})})
             print(f"[{names[i]} skill] " + ", ".join(
                 f"{'*' if r is best else ''}{label(r)}: {r['successes']}/{r['trials']}" for r in rows))
-    width = max(len(s["candidates"]) for s in selection)
-    md = ["| stage | " + " | ".join(f"candidate {k + 1}" for k in range(width)) + " | chosen |"
-          + (" episodes reaching the skill |" if starts_from == "loop" else ""),
-          "|---|" + "---|" * (width + 1 + (starts_from == "loop"))]
-    for sel in selection:
-        md.append(f"| {sel['stage']} | " + " | ".join(
-            f"{label(r)}: {r['successes']}/{r['trials']}" for r in sel["candidates"])
-            + f" | {sel['chosen_step']} {sel['chosen_action']} |"
-            + (f" {sel['episodes']['reached']}/{sel['episodes']['run']} |" if starts_from == "loop" else ""))
-    where = ("held-out demos' skill-start states" if starts_from == "demos" else
-             "in-loop skill starts (HSP-Priv episodes with the skills chosen for the earlier stages)")
     with open(os.path.join(out_dir, "hsp_skill_selection.md"), "w") as f:
-        f.write(f"Skill success from {where}, per snapshot and action rule (step rule: successes/trials)\n\n"
-                + "\n".join(md) + "\n")
+        f.write(selection_markdown(selection, starts_from, actions))
     write_json(os.path.join(out_dir, "hsp_skill_selection.json"), selection)
     return selection, [chosen[i][1] if i in chosen else "component" for i in range(len(snapshots))]
 
 
 def label(row: dict) -> str:
     return f"{row['step']} {row['action']}"
+
+
+def selection_markdown(selection: list, starts_from: str, actions: list) -> str:
+    """hsp_skill_selection.md: per stage and snapshot, successes/trials of each action rule; the
+    chosen (snapshot, rule) in bold."""
+    where = ("held-out demos' skill-start states" if starts_from == "demos" else
+             "in-loop skill starts (HSP-Priv episodes with the skills chosen for the earlier stages)")
+    md = [f"Skill success from {where}: successes/trials per snapshot and action rule, the chosen one in bold",
+          "", "| stage | snapshot step | " + " | ".join(actions) + " |"
+          + (" episodes reaching the skill / run |" if starts_from == "loop" else ""),
+          "|---|---|" + "---|" * (len(actions) + (starts_from == "loop"))]
+    for sel in selection:
+        by = {(r["step"], r["action"]): r for r in sel["candidates"]}
+        for k, step in enumerate(dict.fromkeys(r["step"] for r in sel["candidates"])):
+            cells = []
+            for how in actions:
+                r = by.get((step, how))
+                cell = f"{r['successes']}/{r['trials']}" if r else "-"
+                cells.append(f"**{cell}**" if (step, how) == (sel["chosen_step"], sel.get("chosen_action")) else cell)
+            ep = sel.get("episodes")
+            md.append(f"| {sel['stage'] if k == 0 else ''} | {step} | " + " | ".join(cells) + " |"
+                      + (f" {ep['reached']}/{ep['run']} |" if ep and k == 0 else " |" if ep else ""))
+    return "\n".join(md) + "\n"
 
 
 def demo_starts(args, data, val_demos, i: int, n_trials: int) -> list:

@@ -8,6 +8,11 @@ on the starts where exactly one action succeeded gives p < --alpha; otherwise it
 `component`. Prints the table and the resulting `06_evaluate.py --skill-action` values, and writes
 them as JSON. Each (stage, action) run is saved and reused.
 
+02_train_hsp.py's selection now tries every snapshot with both rules on its own trials
+(--select-actions) and stores the winner in the checkpoint; this script remains the test of one
+checkpoint's skills from the held-out demo starts (e.g. for checkpoints trained with
+--select-actions component).
+
     python bench/skill_action_by_stage.py --task CoffeePreparation_D2 --ckpt runs_rnn/CoffeePreparation_D2/hsp.pt
 """
 import argparse

@@ -605,6 +605,10 @@ def test_skill_selection_saves_the_snapshot_with_most_successes(dataset, tmp_pat
         best = max(c["successes"] for c in s["candidates"])
         chosen = next(c for c in s["candidates"] if (c["step"], c["action"]) == (s["chosen_step"], s["chosen_action"]))
         assert chosen["successes"] == best
+        stage_rows = open(d / "hsp_skill_selection.md").read().split(f"| {s['stage']} |")[1].split("\n")[:3]
+        row = stage_rows[[20, 30, 40].index(s["chosen_step"])]  # the stage's rows, one per snapshot
+        cells = [c.strip() for c in row.split("|")[-3:-1]]  # component, mode
+        assert cells[["component", "mode"].index(s["chosen_action"])] == f"**{chosen['successes']}/2**"
         saved = ck["stages"][i]["skill"]
         assert all(torch.equal(saved[k], v) for k, v in snaps[i][str(s["chosen_step"])].items())
         other = [k for k in (20, 30, 40) if k != s["chosen_step"]][0]
