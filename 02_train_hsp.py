@@ -136,7 +136,9 @@ def parse_args(argv=None):
                    help="where the selection's trials start: where HSP-Priv episodes with the skills chosen for "
                         "the earlier stages reach the skill (loop, the default: the states deployment gives it; "
                         "needs --source), or held-out demos' skill starts (demos)")
-    p.add_argument("--select-actions", nargs="+", default=None, choices=["component", "mode", "sample"],
+    # not "sample": it draws from torch's global generator, not the trial's seed, so its trials
+    # would be neither paired with the others nor the same on a resumed run
+    p.add_argument("--select-actions", nargs="+", default=None, choices=["component", "mode"],
                    help="the skill-action rules each snapshot is tried with (AgentOptions.skill_action; default "
                         "component mode): the best (snapshot, rule) is kept, and the checkpoint stores the rule")
     p.add_argument("--source", default=None,
@@ -539,7 +541,7 @@ def select_skills(args, ckpt_path, out_dir, data, val_demos, snapshots, losses, 
                 except ValueError:
                     continue  # a line cut short by the interruption
                 if r.get("key") == key:
-                    logged[(r["stage"], r["step"], r.get("action", "component"), r["seed"])] = bool(r["ok"])
+                    logged[(r["stage"], r["step"], r.get("action"), r["seed"])] = bool(r["ok"])
     n_cand = sum(len(s) for s in snapshots)
     print(f"skill selection: {n_cand} snapshots x {len(actions)} action rules ({', '.join(actions)}) x "
           f"{n_trials} trials from "

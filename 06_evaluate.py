@@ -113,6 +113,9 @@ def make_jobs(args, n_stages: int, checkpoint_actions: list | None = None) -> li
     component draw; the job names the rule either way."""
     n = args.rollouts
     overrides = {"skill_action": "component"}
+    if checkpoint_actions and args.skill_action is None and len(checkpoint_actions) != n_stages:
+        raise CheckpointError(f"the checkpoint stores {len(checkpoint_actions)} skill-action rules for {n_stages} "
+                              f"stages: retrain it with 02_train_hsp.py, or give --skill-action")
     if checkpoint_actions:
         overrides["skill_action"] = (checkpoint_actions[0] if len(set(checkpoint_actions)) == 1
                                      else tuple(checkpoint_actions))

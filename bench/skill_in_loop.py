@@ -130,8 +130,9 @@ def main():
                    help="score the checkpoint's skill alone, not the selection's snapshots beside it")
     p.add_argument("--skill-from", default=None,
                    help="score this checkpoint's skill for --stage instead of --ckpt's (no snapshots, as --checkpoint-only)")
-    p.add_argument("--skill-action", nargs="+", default=["component"], choices=["component", "mode", "sample"],
-                   help="how the GMM skills act, one value or one per stage (06_evaluate.py's --skill-action)")
+    p.add_argument("--skill-action", nargs="+", default=None, choices=["component", "mode", "sample"],
+                   help="how the GMM skills act, one value or one per stage (06_evaluate.py's --skill-action; "
+                        "default: the rules --ckpt's selection stored, else component)")
     p.add_argument("--stage", type=int, default=1)
     p.add_argument("--rollouts", type=int, default=100, help="HSP-Priv episodes per candidate")
     p.add_argument("--demo-starts", action="store_true", help="also one trial from each held-out demo's skill start")
@@ -168,7 +169,8 @@ def main():
     if not 0 <= args.stage < n_stages:
         raise SystemExit(f"error: --stage {args.stage}: {args.task} has stages 0..{n_stages - 1}")
     try:
-        args.skill_action = skill_action_option(args.skill_action, n_stages)
+        if args.skill_action is not None:  # else None: the checkpoint's rules, as 06_evaluate.py acts
+            args.skill_action = skill_action_option(args.skill_action, n_stages)
     except ValueError as e:
         raise SystemExit(f"error: --skill-action: {e}")
     cands = ["checkpoint"]

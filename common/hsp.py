@@ -245,6 +245,11 @@ class HSPAgent:
         self.pose_turn_share = stage_pose_turn_share(config, self.pose_symmetry)
         self.pose_turn = 0.0  # the symmetry turn applied to this stage's learned poses (see _connect)
         self.obs = None
+        stored = (config or {}).get("skill_action")  # 02's selection: one rule per stage
+        if stored is not None and (len(stored) != self.n_stages
+                                   or any(v not in ("component", "mode", "sample") for v in stored)):
+            raise ValueError(f"checkpoint config skill_action = {stored!r}: expected one of component / mode / "
+                             f"sample per stage ({self.n_stages}); retrain with 02_train_hsp.py")
 
     # ---------------------------------------------------------------- the three per-stage queries
     def privileged_pose(self, i: int, source: int | None = None) -> np.ndarray:

@@ -716,6 +716,11 @@ def test_skill_action_may_differ_per_stage(setup):
     assert evaluate.make_jobs(args, 2, None)[0]["options"]["skill_action"] == "component"
     args = evaluate.parse_args(["--task", TASK, "--rollouts", "1", "--variants", "HSP", "--skill-action", "sample"])
     assert evaluate.make_jobs(args, 2, ["mode", "mode"])[0]["options"]["skill_action"] == "sample"
+    # a checkpoint's rules that do not fit the task are refused, naming the fix
+    with pytest.raises(ValueError, match="retrain with 02_train_hsp.py"):
+        HSPAgent(env, models, dict(ck["config"], skill_action=["mode"]), planner, AgentOptions(), sources)
+    with pytest.raises(evaluate.CheckpointError, match="2 stages"):
+        evaluate.make_jobs(evaluate.parse_args(["--task", TASK, "--variants", "HSP"]), 2, ["mode"] * 3)
 
 
 def test_a_worker_that_cannot_set_up_fails_the_call_instead_of_hanging(tmp_path):
