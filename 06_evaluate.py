@@ -42,7 +42,8 @@ from tqdm import tqdm
 import common
 from common import data as D
 from common.env import check_task_name, make_env
-from common.hsp import VARIANTS, HSPAgent, skill_action_option, summarize, variant_options, wilson_interval
+from common.hsp import (SKILL_ACTIONS, VARIANTS, HSPAgent, skill_action_option, summarize, variant_options,
+                        wilson_interval)
 from common.hsp_checkpoint import CheckpointError, load_hsp_models
 from common.planner import CONNECT_POSTURES
 from common.presets import PAPER_TABLE1, POSE_NOISE_SIGMAS, eval_seed, get_preset
@@ -69,7 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--termination", default=None, choices=["oracle", "learned"],
                    help="override every variant's termination (Table III compares the two)")
     p.add_argument("--action-noise", type=float, default=None, help="override: σ on skill pose actions")
-    p.add_argument("--skill-action", default=None, nargs="+", choices=["component", "mode", "sample"],
+    p.add_argument("--skill-action", default=None, nargs="+", choices=list(SKILL_ACTIONS),
                    help="override how the GMM skills act (default: the rules 02_train_hsp.py's selection stored in "
                         "the checkpoint, else component: robomimic's low-noise eval; mode: the deterministic "
                         "action): one value for every stage, or one per stage")

@@ -39,7 +39,8 @@ from tqdm import tqdm  # noqa: E402
 import common  # noqa: E402
 from common import data as D  # noqa: E402
 from common.env import make_env  # noqa: E402
-from common.hsp import (AgentOptions, HSPAgent, guarded_init, raise_setup_error, skill_action_option,  # noqa: E402
+from common.hsp import (SKILL_ACTIONS, AgentOptions, HSPAgent, guarded_init, raise_setup_error,  # noqa: E402
+                        skill_action_option,
                         variant_options, wilson_interval)
 from common.hsp_checkpoint import load_hsp_models  # noqa: E402
 from common.nets import ObsHistory, obs_keys  # noqa: E402
@@ -130,7 +131,7 @@ def main():
                    help="score the checkpoint's skill alone, not the selection's snapshots beside it")
     p.add_argument("--skill-from", default=None,
                    help="score this checkpoint's skill for --stage instead of --ckpt's (no snapshots, as --checkpoint-only)")
-    p.add_argument("--skill-action", nargs="+", default=None, choices=["component", "mode", "sample"],
+    p.add_argument("--skill-action", nargs="+", default=None, choices=list(SKILL_ACTIONS),
                    help="how the GMM skills act, one value or one per stage (06_evaluate.py's --skill-action; "
                         "default: the rules --ckpt's selection stored, else component)")
     p.add_argument("--stage", type=int, default=1)

@@ -51,6 +51,10 @@ TWIN_SHARE_MIN = 0.05
 
 
 # ------------------------------------------------------------------------------------------ options
+# How a GMM skill may act (AgentOptions.skill_action): one rule per stage.
+SKILL_ACTIONS = ("component", "mode", "sample")
+
+
 @dataclass(frozen=True)
 class AgentOptions:
     pose: str = "learned"  # "learned" (I_θi) | "privileged" (I^Priv, Sec. IV-A)
@@ -96,7 +100,7 @@ class AgentOptions:
                   ("source_select", self.source_select, ("task", "random", "nearest", "wrist")))
         per_stage = (() if self.skill_action is None else self.skill_action
                      if isinstance(self.skill_action, (tuple, list)) else (self.skill_action,))
-        checks += tuple(("skill_action", v, ("component", "mode", "sample")) for v in per_stage)
+        checks += tuple(("skill_action", v, SKILL_ACTIONS) for v in per_stage)
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"AgentOptions.{name} = {value!r}; choose one of {allowed}")
@@ -247,7 +251,7 @@ class HSPAgent:
         self.obs = None
         stored = (config or {}).get("skill_action")  # 02's selection: one rule per stage
         if stored is not None and (len(stored) != self.n_stages
-                                   or any(v not in ("component", "mode", "sample") for v in stored)):
+                                   or any(v not in SKILL_ACTIONS for v in stored)):
             raise ValueError(f"checkpoint config skill_action = {stored!r}: expected one of component / mode / "
                              f"sample per stage ({self.n_stages}); retrain with 02_train_hsp.py")
 
